@@ -1,0 +1,1 @@
+"""Inference loops with caches: image/video generation, text decoding, interleaved generation, pipeline."""
