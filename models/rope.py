@@ -13,7 +13,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 def default_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
     """theta^(-2j/d), j = 0..d/2-1, fp32 on CPU."""
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float().cpu() / head_dim))
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim))
 
 
 def flow_head_inv_freq(flow_cfg: dict) -> torch.Tensor:

@@ -81,8 +81,9 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         self.diffusion_head_b = FinalLayer(df, c.patch_dim, eps=c.flow_head.get("final_norm_eps", 1e-6))
         # fp32 frequency tables kept outside the module tree so dtype casts never touch them
         qh = c.qwen2.get("head_dim") or c.hidden_size // c.qwen2["num_attention_heads"]
-        self._rope_tables = {"llm": default_inv_freq(qh, c.qwen2["rope_theta"]),
-                             "flow": flow_head_inv_freq(c.flow_head)}
+        with torch.device("cpu"):   # real values even when the model is built on the meta device
+            self._rope_tables = {"llm": default_inv_freq(qh, c.qwen2["rope_theta"]),
+                                 "flow": flow_head_inv_freq(c.flow_head)}
         self.flow_rotary = RotaryEmbedding(self._rope_tables["flow"].clone())
         self._pos_table = PositionTable()
         self._init_weights()
@@ -351,16 +352,3 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
-
-    # PyTorchModelHubMixin: config travels as a plain dict
-    def _save_pretrained(self, save_directory) -> None:  # type: ignore[override]
-        from .checkpoints import save_project_format
-        save_project_format(self, save_directory)
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
-                         local_files_only=False, token=None, map_location="cpu", strict=True, **model_kwargs):
-        from .checkpoints import load_project_format
-        return load_project_format(cls, model_id, revision=revision, cache_dir=cache_dir,
-                                   local_files_only=local_files_only, token=token, map_location=map_location,
-                                   strict=strict)
