@@ -305,12 +305,14 @@ def _rand_center(rng: random.Random, size: float) -> tuple[float, float]:
     return rng.uniform(lo, hi), rng.uniform(lo, hi)
 
 
-def relation_holds(a: tuple[float, float], b: tuple[float, float], relation: str, margin: float = 0.1) -> bool:
-    """Does centre ``a`` stand in ``relation`` to centre ``b``? Image coordinates (y grows downward);
-    the offset along the relation's axis must exceed ``margin`` and dominate the cross-axis offset."""
+def relation_holds(a: tuple[float, float], b: tuple[float, float], relation: str, margin: float = 0.1,
+                   dominant: bool = True) -> bool:
+    """Does centre ``a`` stand in ``relation`` to centre ``b``? Image coordinates (y grows downward),
+    as fractions of the image size. The offset along the relation's axis must exceed ``margin`` and,
+    with ``dominant``, be at least the cross-axis offset (so the relation is the obvious one)."""
     dx, dy = b[0] - a[0], b[1] - a[1]  # b minus a
     along, cross = {"left": (dx, dy), "right": (-dx, dy), "above": (dy, dx), "below": (-dy, dx)}[relation]
-    return along > margin and along >= abs(cross)
+    return along > margin and (not dominant or along >= abs(cross))
 
 
 def layout_scene(spec: SceneSpec, rng: random.Random, holdouts: Sequence[Holdout] = (),
@@ -454,6 +456,7 @@ class WorldConfig:
     p_no_color: float = 0.15
     seed: int = 0
     holdout: str = ",".join(DEFAULT_HOLDOUT)  # comma-separated patterns ("" = none)
+    video_format: str = "auto"   # auto: mp4 via utils.media.write_video (frame folders always written) | frames
 
 
 def _item_rng(seed: int, split: str, i: int) -> random.Random:
@@ -475,17 +478,19 @@ def _sample_scene(rng: random.Random, holdouts: Sequence[Holdout], p_no_color: f
     raise RuntimeError("holdout list excludes (almost) every scene")
 
 
-def _try_write_video(path: Path, frames: np.ndarray, fps: int) -> bool:
-    """mp4 via utils.media.write_video when that module exists (owned by the VAE engineer)."""
+def _try_write_video(path: Path, frames: np.ndarray, fps: int) -> Path | None:
+    """mp4 via ``utils.media.write_video(frames, path, fps)`` (VAE engineer's module; it may fall back
+    to a GIF and returns the path it wrote). None when that module is unavailable or fails."""
     try:
-        from utils.media import write_video  # type: ignore[import-not-found]
-    except Exception:
-        return False
+        from utils.media import write_video
+    except ImportError:
+        return None
     try:
-        write_video(str(path), frames, fps=fps)
-    except TypeError:
-        write_video(str(path), frames)
-    return path.exists()
+        # low crf: flat palette colours should survive compression nearly unchanged
+        return Path(write_video(frames, path, fps=fps, crf=10))
+    except Exception as e:  # keep the frame folders; report why
+        print(f"[shapes] write_video failed ({e}); using frame folders", file=sys.stderr)
+        return None
 
 
 def write_shapes_world(
@@ -550,6 +555,7 @@ def write_shapes_world(
     use_mp4 = video_format == "auto"
     videos, vqa_train, vqa_eval = [], [], []
     mp4_ok = None
+    video_kind = "frames"
     for i in range(n_videos + max(1, n_videos // 10)):
         is_eval = i >= n_videos
         rng = _item_rng(seed, "video", i)
@@ -566,10 +572,11 @@ def write_shapes_world(
             Image.fromarray(fr).save(fdir / f"{f:03d}.png")
         path = fdir
         if use_mp4 and mp4_ok is not False:
-            mp4 = img_root / "videos" / f"{i:06d}.mp4"
-            mp4_ok = _try_write_video(mp4, frames, fps=8)
+            written = _try_write_video(img_root / "videos" / f"{i:06d}.mp4", frames, fps=8)
+            mp4_ok = written is not None and written.exists()
             if mp4_ok:
-                path = mp4
+                path = written
+                video_kind = written.suffix.lstrip(".")
         caption = f"a {color} {shape} moving {direction}"
         rel = str(path.relative_to(img_root))
         q = rng.choice(["Which direction is the shape moving?", "Which way does the shape move?"])
@@ -628,7 +635,7 @@ def write_shapes_world(
                    "resolution": resolution, "video_frames": video_frames, "story_length": story_length,
                    "questions_per_image": questions_per_image, "p_no_color": p_no_color, "seed": seed,
                    "holdout": [h.text for h in holdouts]},
-        "video_format": "mp4" if mp4_ok else "frames",
+        "video_format": video_kind,  # mp4 (or gif if utils.media fell back) | frames
         "palette": PALETTE, "background": BACKGROUND, "shapes": SHAPES, "relations": list(RELATIONS),
         "paths": paths,
     }

@@ -113,3 +113,14 @@ def test_cli(tmp_path: Path) -> None:
     man = json.loads(Path(paths["manifest"]).read_text())
     assert man["config"]["holdout"] == ["green circle", "two squares"] and man["config"]["resolution"] == 32
     assert Image.open(json.loads(Path(paths["image_text"]).read_text().splitlines()[0])["path"]).size == (32, 32)
+
+
+def test_videos_readable_by_media_loader(world: dict[str, str]) -> None:
+    media = pytest.importorskip("utils.media")
+    man = json.loads(Path(world["manifest"]).read_text())
+    rows = [json.loads(line) for line in Path(world["video_text"]).read_text().splitlines()]
+    for r in rows[:2]:
+        frames = media.read_video_frames(r["path"], None)
+        assert frames.shape == (5, 64, 64, 3), (man["video_format"], frames.shape)
+        ref = np.asarray(Image.open(sorted(Path(r["frames_dir"]).glob("*.png"))[0])).astype(int)
+        assert np.abs(frames[0].astype(int) - ref).mean() < 12  # lossy codec, flat colours survive
