@@ -52,6 +52,9 @@ def reason_of(err: BaseException) -> str:
     """Short reason key for an exception raised while loading a sample."""
     if isinstance(err, SampleError):
         return err.reason
+    reason = getattr(err, "reason", None)  # e.g. utils.media.MediaError
+    if isinstance(reason, str) and reason:
+        return reason
     if isinstance(err, FileNotFoundError):
         return "missing_file"
     if isinstance(err, UnidentifiedImageError | Image.DecompressionBombError):

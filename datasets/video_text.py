@@ -8,8 +8,8 @@ gives ``1 + (F-1)/4`` latent frames. Clips with fewer than F frames: ``short_cli
 ``too_few_frames``), ``"repeat"`` (duplicate indices, as the reference) or ``"shrink"`` (largest
 1 + 4k <= total).
 
-Video decoding uses ``utils.media.read_video_frames`` when it exists (VAE engineer); until then a
-private decord call (``_decord_frames``) does the work.
+Video decoding uses ``utils.media.read_video_frames`` / ``video_info`` (shared video I/O, decord with a
+PyAV fallback); a private decord path (``_read_frames_private``) is kept for environments without it.
 """
 
 from __future__ import annotations
@@ -64,6 +64,29 @@ def read_frames(path: str | Path, num_frames: int, short_clip: ShortClip = "skip
                 temporal_stride: int = 4) -> np.ndarray:
     """uint8 (F, H, W, 3) frames sampled uniformly from a video file or a frame folder."""
     p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(str(p))
+    media = _media_module()
+    if media is not None:
+        n = num_frames
+        if short_clip == "shrink":
+            total = media.video_info(p).num_frames
+            n = len(sample_frame_indices(total, num_frames, "shrink", temporal_stride))
+        policy = "error" if short_clip == "skip" else "repeat"
+        return media.read_video_frames(p, n, "uniform", short_clip=policy)
+    return _read_frames_private(p, num_frames, short_clip, temporal_stride)
+
+
+def _media_module() -> Any:
+    """``utils.media`` (shared video I/O) if available, else None (private decord fallback)."""
+    try:
+        from utils import media
+    except ImportError:
+        return None
+    return media if hasattr(media, "read_video_frames") and hasattr(media, "video_info") else None
+
+
+def _read_frames_private(p: Path, num_frames: int, short_clip: ShortClip, temporal_stride: int) -> np.ndarray:
     fn = lambda total: sample_frame_indices(total, num_frames, short_clip, temporal_stride)  # noqa: E731
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in FRAME_SUFFIXES)
@@ -74,8 +97,6 @@ def read_frames(path: str | Path, num_frames: int, short_clip: ShortClip = "skip
         if len({f.shape for f in frames}) != 1:
             raise SampleError("video_decode_error", "frames of different sizes")
         return np.stack(frames)
-    if not p.exists():
-        raise FileNotFoundError(str(p))
     out = _decord_frames(str(p), fn)
     if out.ndim != 4 or out.shape[0] == 0 or out.shape[-1] != 3:
         raise SampleError("video_decode_error", f"bad frame array {out.shape}")

@@ -189,3 +189,15 @@ def test_video_loader(tmp_path, tok):
         bad = tmp_path / "bad_videos.jsonl"
         bad.write_text("".join(json.dumps({"path": str(broken), "prompt": "x"}) + "\n" for _ in range(25)))
         VideoTextDataset(bad, b, num_frames=5, resolution=RES)[0]
+
+
+def test_private_frame_reader_matches_policies(tmp_path):
+    from datasets.video_text import _read_frames_private
+
+    folder = _frames_dir(tmp_path / "f", 9)
+    mp4 = _mp4(tmp_path / "v.mp4", 9)
+    assert _read_frames_private(Path(folder), 5, "skip", 4).shape == (5, 32, 40, 3)
+    assert _read_frames_private(Path(mp4), 5, "skip", 4).shape == (5, 32, 32, 3)
+    with pytest.raises(ValueError, match="too_few_frames"):
+        _read_frames_private(Path(folder), 13, "skip", 4)
+    assert read_frames(folder, 13, "shrink").shape[0] == 9
