@@ -1,0 +1,120 @@
+"""DPG-Bench sampling: one 2x2 grid PNG per prompt, named ``<prompt_file_name>.png``.
+
+Layout (reference-inference section 5.2): ``<outdir>/<prompt_file_name>.png``, a white RGB canvas of
+2 x 2 tiles of ``resolution`` pixels (row-major: image i at row i // 2, column i % 2); at most 4
+images per prompt (fewer leave white tiles), because the external scorer crops 4 tiles.
+
+Defaults: ``prompts/dpg_bench_meta_data.json``, 4 images per prompt, guidance 10, 50 time-grid
+points (49 Euler steps), 432 px. Sharding, per-prompt seeds and resume as in ``evaluation.geneval``
+(a prompt is done when its grid PNG exists).
+
+    accelerate launch -m evaluation.dpg model_path=CKPT outdir=dpg_samples
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from evaluation.common import load_pipeline, make_grid, process_rank, sample_seeds, save_png_atomic, shard_indices
+
+__all__ = ["DEFAULTS", "load_dpg_prompts", "sample_dpg", "main"]
+
+DEFAULTS: dict[str, Any] = {
+    "model_path": "",
+    "vae_path": "",
+    "tokenizer_path": "",
+    "device": "auto",
+    "dtype": "auto",
+    "outdir": "outputs/dpg_samples",
+    "validation_prompts_file": "prompts/dpg_bench_meta_data.json",
+    "n_samples": 4,              # tiles per grid (the DPG scorer expects 4)
+    "batch_size": 4,             # images per text_to_image call (whole prompts are kept together)
+    "guidance_scale": 10.0,
+    "num_inference_steps": 50,   # time-grid points (n - 1 model evaluations)
+    "sampler": "euler",
+    "resolution": 432,           # tile size; pass the same value to the scorer (dist_eval.sh DIR 432)
+    "seed": 0,
+    "device_id": -1,
+    "num_devices": -1,
+    "max_prompts": -1,
+}
+
+USAGE = """usage: [accelerate launch -m] python -m evaluation.dpg model_path=CKPT [outdir=DIR] [key=value ...]
+Samples DPG-Bench 2x2 grids (<outdir>/<prompt_file_name>.png). Resumable. Scoring: evaluation/README.md."""
+
+GRID = 2
+
+
+def load_dpg_prompts(path: str | Path) -> list[dict[str, Any]]:
+    """DPG metadata: a JSON list of ``{"prompt", "prompt_file_name"}``."""
+    rows = json.loads(Path(path).read_text())
+    names = set()
+    for i, r in enumerate(rows):
+        if "prompt" not in r or "prompt_file_name" not in r:
+            raise ValueError(f"{path}: item {i} lacks 'prompt' or 'prompt_file_name'")
+        if r["prompt_file_name"] in names:
+            raise ValueError(f"{path}: duplicate prompt_file_name {r['prompt_file_name']!r}")
+        names.add(r["prompt_file_name"])
+    return rows
+
+
+def grid_path(outdir: str | Path, item: dict[str, Any]) -> Path:
+    return Path(outdir) / f"{item['prompt_file_name']}.png"
+
+
+def sample_dpg(cfg: dict[str, Any], pipe: Any = None) -> list[int]:
+    """Sample this process's share of prompts; returns the global indices it wrote."""
+    n = int(cfg["n_samples"])
+    if not 1 <= n <= GRID * GRID:
+        raise ValueError(f"n_samples must be 1..{GRID * GRID} for the 2x2 DPG grid, got {n}")
+    prompts = load_dpg_prompts(cfg["validation_prompts_file"])
+    if cfg["max_prompts"] and cfg["max_prompts"] > 0:
+        prompts = prompts[: cfg["max_prompts"]]
+    rank, world = process_rank(cfg["device_id"], cfg["num_devices"])
+    mine = shard_indices(len(prompts), rank, world)
+    outdir = Path(cfg["outdir"])
+    todo = [i for i in mine if not grid_path(outdir, prompts[i]).is_file()]
+    print(f"[dpg] rank {rank}/{world}: {len(mine)} prompts, {len(mine) - len(todo)} already done", flush=True)
+    if not todo:
+        return []
+    if pipe is None:
+        pipe = load_pipeline(cfg["model_path"], cfg["vae_path"], cfg["tokenizer_path"], cfg["device"], cfg["dtype"])
+    res = int(cfg["resolution"])
+    per_call = max(1, int(cfg["batch_size"]) // n)
+    done: list[int] = []
+    t0 = time.time()
+    for s in range(0, len(todo), per_call):
+        idx = todo[s:s + per_call]
+        texts = [prompts[i]["prompt"] for i in idx for _ in range(n)]
+        seeds = [x for i in idx for x in sample_seeds(int(cfg["seed"]), i, n)]
+        images = pipe.text_to_image(texts, guidance_scale=float(cfg["guidance_scale"]),
+                                    num_steps=int(cfg["num_inference_steps"]), sampler=cfg["sampler"], seeds=seeds,
+                                    batch_size=int(cfg["batch_size"]), resolution=res, progress=False)
+        if len(images) != len(texts):
+            raise RuntimeError(f"pipeline returned {len(images)} images for {len(texts)} prompts")
+        for j, i in enumerate(idx):
+            grid = make_grid(images[j * n:(j + 1) * n], cols=GRID, rows=GRID, tile=res)
+            save_png_atomic(grid, grid_path(outdir, prompts[i]))
+            done.append(i)
+        print(f"[dpg] rank {rank}: {len(done)}/{len(todo)} prompts ({time.time() - t0:.0f}s)", flush=True)
+    return done
+
+
+def main(argv: Sequence[str] | None = None, pipe: Any = None) -> list[int]:
+    from utils.config import load_config, save_config, to_plain
+
+    cfg = load_config(argv, DEFAULTS, USAGE)
+    Path(cfg.outdir).mkdir(parents=True, exist_ok=True)
+    rank, _ = process_rank(cfg.device_id, cfg.num_devices)
+    if rank == 0:  # outside the image folder: the DPG scorer treats every file in it as an image
+        save_config(cfg, Path(cfg.outdir).with_name(Path(cfg.outdir).name + "_config.yaml"))
+    return sample_dpg(to_plain(cfg), pipe)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
