@@ -297,11 +297,10 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
             if image_labels is not None:
                 out.loss_flow = self._flow_loss(out.v_tokens, image_labels.to(device), layout, image_masks)
 
-        if not update_cache:
-            if past_key_values is not None:
-                past_key_values.crop(past_len)
-            if flow_past_key_values is not None and flow_past_key_values.get_seq_length() > flow_past_len:
-                flow_past_key_values.crop(flow_past_len)
+        if not update_cache:   # read-only use: drop what this chunk appended
+            for cache, old in ((past_key_values, past_len), (flow_past_key_values, flow_past_len)):
+                if cache is not None and cache.get_seq_length() > old:
+                    cache.crop(old - cache.get_seq_length())
         return out
 
     def _ntp_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
