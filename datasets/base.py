@@ -100,22 +100,32 @@ def open_latent_cache(cache: Any) -> Any:
     return LatentCache(cache)
 
 
-def read_latent(cache: Any, key: str) -> torch.Tensor:
-    """Latent for ``key`` (the media path as written in the annotation) from a cache object."""
-    for name in ("get", "load", "read"):
-        fn = getattr(cache, name, None)
-        if callable(fn):
-            out = fn(key)
-            break
-    else:
-        out = cache[key]
+def read_latent(cache: Any, key: str, generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
+    """Latent for ``key`` (the media path as written in the annotation) from a cache object.
+
+    A ``LatentCache`` record holds the normalised posterior mean and log-variance; with ``sample=True``
+    a posterior sample is drawn (``models.vae.sample_from_posterior``, the same draw ``WanVAE.encode``
+    makes; pass a seeded ``generator`` for reproducibility), else the mean is returned. Caches that
+    return a plain tensor are passed through.
+    """
+    getter = getattr(cache, "get", None)
+    out = getter(key) if callable(getter) else (cache[key] if key in cache else None)
     if out is None:
         raise SampleError("missing_latent", key)
-    if isinstance(out, dict):  # e.g. {"latent": tensor, ...}
-        out = out.get("latent", out.get("latents"))
+    if isinstance(out, dict):
+        if sample and "latent_mean" in out and "latent_logvar" in out:
+            from models.vae import sample_from_posterior
+
+            return sample_from_posterior(out["latent_mean"], out["latent_logvar"], generator)
+        out = out.get("latent_mean", out.get("latent"))
     if not isinstance(out, torch.Tensor):
         raise SampleError("missing_latent", key)
-    return out
+    return out.float()
+
+
+def latent_generator(seed: int, *keys: int) -> torch.Generator:
+    """CPU generator for the posterior draw of one sample in one epoch."""
+    return torch.Generator().manual_seed(hash_ints(seed, 0x1A7E, *keys) % (2**63 - 1))
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from datasets.base import RobustDataset, open_latent_cache, read_jsonl, read_latent, resolve_path, seeded_rng
+from datasets.base import (
+    RobustDataset,
+    latent_generator,
+    open_latent_cache,
+    read_jsonl,
+    read_latent,
+    resolve_path,
+    seeded_rng,
+)
 from datasets.sequence import SampleError, SequenceBuilder, VisualInfo
 from datasets.transforms import DEFAULT_MAX_PIXELS, BadSampleCounter, load_image, preprocess_image
 
@@ -96,7 +104,7 @@ class ImageTextDataset(RobustDataset):
         caption = self.caption_for(idx)
         pixels = latents = None
         if self.latent_cache is not None:
-            lat = read_latent(self.latent_cache, rec["path"])
+            lat = read_latent(self.latent_cache, rec["path"], latent_generator(self.seed, idx, self.epoch))
             visual = VisualInfo.image((lat.shape[-2] // 2, lat.shape[-1] // 2))
             latents = [lat]
         else:

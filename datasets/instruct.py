@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from datasets.base import RobustDataset, open_latent_cache, read_json_list, read_latent, resolve_path
+from datasets.base import RobustDataset, latent_generator, open_latent_cache, read_json_list, read_latent, resolve_path
 from datasets.sequence import SampleError, SequenceBuilder, VisualInfo
 from datasets.transforms import BadSampleCounter, load_image, preprocess_image
 from datasets.video_text import ShortClip, preprocess_frames, read_frames
@@ -59,10 +59,12 @@ class InstructDataset(RobustDataset):
         num_frames: int = 5,
         short_clip: ShortClip = "skip",
         latent_cache: Any = None,
+        seed: int = 0,
         counter: BadSampleCounter | None = None,
     ) -> None:
         super().__init__(counter)
         self.source = str(annotation)
+        self.seed = seed
         self.rows = read_json_list(annotation, ("conversations",), self.counter)
         self.root, self.builder, self.mode = root, builder, mode
         self.resolution, self.num_frames, self.short_clip = resolution, num_frames, short_clip
@@ -71,7 +73,7 @@ class InstructDataset(RobustDataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _media(self, rec: dict[str, Any]) -> tuple[list[VisualInfo], list, str]:
+    def _media(self, idx: int, rec: dict[str, Any]) -> tuple[list[VisualInfo], list, str]:
         """(visual infos, tensors, 'pixels'|'latents') for the sample's images or video."""
         infos: list[VisualInfo] = []
         tensors: list = []
@@ -83,7 +85,7 @@ class InstructDataset(RobustDataset):
             return [], [], "pixels"
         for k, rel in enumerate(paths):
             if self.latent_cache is not None:
-                lat = read_latent(self.latent_cache, rel)
+                lat = read_latent(self.latent_cache, rel, latent_generator(self.seed, idx, self.epoch, k))
                 grid = (lat.shape[-2] // 2, lat.shape[-1] // 2)
                 infos.append(VisualInfo.video(grid, lat.shape[1], False, source_index=k) if lat.dim() == 4
                              else VisualInfo.image(grid, False, source_index=k))
@@ -107,7 +109,7 @@ class InstructDataset(RobustDataset):
         has_media = bool(rec.get("image") or rec.get("video"))
         if n_tags and not has_media:
             raise SampleError("image_tag_mismatch", f"{n_tags} <image> tags but no image")
-        infos, tensors, key = self._media(rec)
+        infos, tensors, key = self._media(idx, rec)
         seq = self.builder.chat(turns, infos, mode=self.mode)
         used = [tensors[v.source_index] for v in seq.visuals]  # items whose turn survived truncation
         item: dict[str, Any] = {"sequence": seq, "pixels": None, "latents": None, "data_type": seq.data_type,

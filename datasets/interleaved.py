@@ -13,7 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from datasets.base import RobustDataset, open_latent_cache, read_json_list, read_latent, resolve_path, seeded_rng
+from datasets.base import (
+    RobustDataset,
+    latent_generator,
+    open_latent_cache,
+    read_json_list,
+    read_latent,
+    resolve_path,
+    seeded_rng,
+)
 from datasets.sequence import SampleError, SequenceBuilder, VisualInfo
 from datasets.transforms import BadSampleCounter, load_image, preprocess_image
 
@@ -71,7 +79,7 @@ class InterleavedDataset(RobustDataset):
         infos, tensors = [], []
         for k, rel in enumerate(images[a:b]):
             if self.latent_cache is not None:
-                lat = read_latent(self.latent_cache, rel)
+                lat = read_latent(self.latent_cache, rel, latent_generator(self.seed, idx, self.epoch, k))
                 infos.append(VisualInfo.image((lat.shape[-2] // 2, lat.shape[-1] // 2), source_index=k))
                 tensors.append(lat)
             else:

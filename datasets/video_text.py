@@ -20,7 +20,15 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from datasets.base import RobustDataset, open_latent_cache, read_jsonl, read_latent, resolve_path, seeded_rng
+from datasets.base import (
+    RobustDataset,
+    latent_generator,
+    open_latent_cache,
+    read_jsonl,
+    read_latent,
+    resolve_path,
+    seeded_rng,
+)
 from datasets.sequence import SampleError, SequenceBuilder, VisualInfo, latent_frames
 from datasets.transforms import BadSampleCounter, frames_to_tensor, resize_and_pad, resize_center_crop
 
@@ -156,7 +164,7 @@ class VideoTextDataset(RobustDataset):
             cap = ""
         pixels = latents = None
         if self.latent_cache is not None:
-            lat = read_latent(self.latent_cache, rec["path"])  # (C, T, h, w)
+            lat = read_latent(self.latent_cache, rec["path"], latent_generator(self.seed, idx, self.epoch))
             if lat.dim() != 4:
                 raise SampleError("malformed_sample", f"video latent of shape {tuple(lat.shape)}")
             visual = VisualInfo.video((lat.shape[-2] // 2, lat.shape[-1] // 2), lat.shape[1])

@@ -204,3 +204,25 @@ def test_latent_cache_path(tmp_path, tok):
     assert ds.counter.counts["missing_latent"] == 1
     batch = collate_samples([it, it], sp.pad)
     assert batch["latents"].shape == (2, 16, 4, 6) and batch["pixels"] is None
+
+
+def test_real_latent_cache_directory(tmp_path, tok):
+    """Reads latents through datasets.latent_cache.LatentCache (posterior sample, seeded per epoch)."""
+    from datasets.latent_cache import LatentCacheWriter
+
+    tokenizer, sp = tok
+    w = LatentCacheWriter(tmp_path / "cache", {"vae": {"fingerprint": "x"}, "resolution": 64, "shard_size": 2})
+    mean, logvar = torch.randn(2, 16, 8, 8), torch.full((2, 16, 8, 8), -4.0)
+    w.write_shard(0, [{"key": "a.png"}, {"key": "b.png"}], mean, logvar, records=(0, 2))
+    jl = _write(tmp_path / "d.jsonl", [{"path": "a.png", "prompt": "a circle"}, {"path": "b.png", "prompt": "b"},
+                                       {"path": "c.png", "prompt": "not cached"}])
+    b = SequenceBuilder(sp, tokenizer=tokenizer, max_seq_len=64)
+    ds = ImageTextDataset(jl, b, latent_cache=str(tmp_path / "cache"), cond_dropout_prob=0.0,
+                          counter=BadSampleCounter(max_bad_fraction=0.9))
+    z0 = ds[0]["latents"][0]
+    assert z0.shape == (16, 8, 8) and torch.equal(z0, ds[0]["latents"][0])  # seeded draw
+    assert 0 < (z0 - mean[0]).abs().mean() < 0.5  # posterior noise, std exp(-2)
+    ds.set_epoch(1)
+    assert not torch.equal(z0, ds[0]["latents"][0])
+    assert ds[2]["index"] == 0 and ds.counter.counts["missing_latent"] == 1
+    assert ds[1]["sequence"].modality_positions[0, 1] == 17

@@ -58,7 +58,8 @@ def _mp4(path: Path, n: int) -> str:
 def test_normalize_turns():
     t = normalize_turns([{"from": "human", "value": "What is it?\n<image>"}, {"from": "gpt", "value": "A."}])
     assert t[0] == ("human", "<image>\nWhat is it?")
-    assert normalize_turns([{"from": "human", "value": "<video>\nQ"}, {"from": "gpt", "value": "A"}])[0][1] == "<image>\nQ"
+    vid = normalize_turns([{"from": "human", "value": "<video>\nQ"}, {"from": "gpt", "value": "A"}])
+    assert vid[0][1] == "<image>\nQ"
     for bad in ([], [{"from": "human"}], [{"from": "human", "value": "x"}], "x"):
         with pytest.raises(ValueError):
             normalize_turns(bad)

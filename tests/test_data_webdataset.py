@@ -42,7 +42,8 @@ def _shard(path, records):
 
 
 def _good(key, i):
-    return [(f"{key}.png", _img_bytes(color=(i * 10 % 255, 0, 0))), (f"{key}.json", json.dumps({"prompt": f"c {i}"}).encode())]
+    return [(f"{key}.png", _img_bytes(color=(i * 10 % 255, 0, 0))),
+            (f"{key}.json", json.dumps({"prompt": f"c {i}"}).encode())]
 
 
 @pytest.fixture()
