@@ -19,7 +19,7 @@ from PIL import Image
 __all__ = [
     "shard_indices", "process_rank", "sample_seeds", "save_png_atomic", "write_text_atomic",
     "geneval_prompt_dir", "geneval_prompt_complete", "write_geneval_prompt", "make_grid", "load_pipeline",
-    "resolve_device_dtype", "read_jsonl",
+    "resolve_device_dtype", "read_jsonl", "load_eval_config",
 ]
 
 
@@ -153,3 +153,27 @@ def load_pipeline(model_path: str, vae_path: str | None = None, tokenizer_path: 
     dev, tdtype = resolve_device_dtype(device, dtype)
     return Showo2Pipeline.from_pretrained(model_path, vae_path=vae_path or None, tokenizer_path=tokenizer_path or None,
                                           device=dev, dtype=tdtype)
+
+
+def load_eval_config(argv: Sequence[str] | None, defaults: dict[str, Any], usage: str) -> Any:
+    """``utils.config.load_config`` with the script's defaults *under* an optional ``config=FILE.yaml``
+    (so a YAML may set only some keys; keys unknown to the script fail, naming the key)."""
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from utils.config import ConfigError, load_config, load_yaml
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    base = OmegaConf.create(dict(defaults))
+    rest = []
+    for a in argv:
+        if a.startswith("config="):
+            y = load_yaml(a.split("=", 1)[1])
+            unknown = sorted(set(y.keys()) - set(defaults))
+            if unknown:
+                raise ConfigError(f"unknown config key(s) {unknown} in {a.split('=', 1)[1]}")
+            base = OmegaConf.merge(base, y)
+        else:
+            rest.append(a)
+    return load_config(rest, base, usage)

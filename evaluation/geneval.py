@@ -105,9 +105,10 @@ def sample_geneval(cfg: dict[str, Any], pipe: Any = None) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None, pipe: Any = None) -> list[int]:
-    from utils.config import load_config, save_config, to_plain
+    from evaluation.common import load_eval_config
+    from utils.config import save_config, to_plain
 
-    cfg = load_config(argv, DEFAULTS, USAGE)
+    cfg = load_eval_config(argv, DEFAULTS, USAGE)
     Path(cfg.outdir).mkdir(parents=True, exist_ok=True)
     # the effective settings, next to (not inside) the numbered folders the evaluator scans
     rank, _ = process_rank(cfg.device_id, cfg.num_devices)

@@ -45,8 +45,9 @@ import numpy as np
 from PIL import Image
 
 from datasets.shapes import (
-    COLORS, NUMBER_WORDS, PALETTE, REL_INVERSE, SHAPES, Holdout, ObjSpec, Placed, SceneSpec, is_held_out,
-    layout_scene, make_questions, parse_caption, parse_holdout, relation_holds, render_scene,
+    COLORS, DIRECTIONS, NUMBER_WORDS, PALETTE, REL_INVERSE, SHAPES, Holdout, ObjSpec, Placed, SceneSpec,
+    is_held_out, layout_scene, make_questions, parse_caption, parse_holdout, relation_holds, render_scene,
+    render_video, video_track,
 )
 from evaluation.common import (
     geneval_prompt_complete, geneval_prompt_dir, read_jsonl, sample_seeds, write_geneval_prompt,
@@ -62,6 +63,7 @@ CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "
 HERE = Path(__file__).resolve().parent
 DEFAULT_PROMPTS = HERE / "shapes" / "prompts.jsonl"
 DEFAULT_QUESTIONS = HERE / "shapes" / "questions.jsonl"
+DEFAULT_VIDEO_QUESTIONS = HERE / "shapes" / "video_questions.jsonl"
 
 # Shape prototypes in (fill ratio of the bounding box, smallest fraction of the area in one half of
 # the box, emptiest and fullest corner cell (a quarter of the box side)). An axis-aligned triangle has
@@ -279,6 +281,7 @@ def write_default_sets(directory: str | Path = HERE / "shapes") -> None:
     d.mkdir(parents=True, exist_ok=True)
     (d / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in default_prompt_set()))
     (d / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in default_question_set()))
+    (d / "video_questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in default_video_question_set()))
 
 
 def load_prompts(path: str | Path) -> list[dict[str, Any]]:
@@ -311,10 +314,10 @@ def load_questions(path: str | Path, image_root: str | Path | None = None) -> li
         root = Path(image_root) if image_root else path.parent / "images"
         items = []
         for e in json.loads(path.read_text()):
-            q = e["conversations"][0]["value"].replace("<image>\n", "").replace("<image>", "").strip()
+            q = re.sub(r"<(image|video)>\n?", "", e["conversations"][0]["value"]).strip()
+            media = {"video_path": str(root / e["video"])} if "video" in e else {"image_path": str(root / e["image"])}
             items.append({"id": e["id"], "question": q, "answer": e.get("answer", e["conversations"][1]["value"]),
-                          "category": e.get("category", "all"), "image_path": str(root / e["image"]),
-                          "heldout": e.get("heldout")})
+                          "category": e.get("category", "all"), **media, "heldout": e.get("heldout")})
         return items
     return read_jsonl(path)
 
@@ -323,6 +326,29 @@ def question_image(item: dict[str, Any], resolution: int) -> Image.Image:
     if "image_path" in item:
         return Image.open(item["image_path"]).convert("RGB")
     return render_scene([Placed(**o) for o in item["scene"]], resolution)
+
+
+def is_video_item(item: dict[str, Any]) -> bool:
+    return "video_path" in item or "track" in item
+
+
+def question_video(item: dict[str, Any], resolution: int) -> str | np.ndarray:
+    """A video path (world eval json) or rendered frames ``(T, H, W, 3)`` uint8 of a stored track."""
+    if "video_path" in item:
+        return item["video_path"]
+    return render_video([Placed(**o) for o in item["track"]], resolution)
+
+
+def default_video_question_set(n: int = 48, num_frames: int = 5, seed: int = 0) -> list[dict[str, Any]]:
+    """Direction questions on single-object clips (``track`` = the object per frame, resolution-free)."""
+    out = []
+    for i in range(n):
+        rng = random.Random(f"shapes-bench-v/{seed}/{i}")
+        direction = rng.choice(list(DIRECTIONS))
+        track = video_track(rng, direction, num_frames, rng.choice(SHAPES), rng.choice(COLORS))
+        out.append({"id": f"v{i:04d}", "question": "Which direction is the shape moving?", "answer": direction,
+                    "category": "direction", "track": [asdict(p) for p in track]})
+    return out
 
 
 _ARTICLES = {"a", "an", "the"}
@@ -487,6 +513,8 @@ DEFAULTS: dict[str, Any] = {
     "outdir": "outputs/shapes_bench",
     "prompts": str(DEFAULT_PROMPTS),     # "" skips the generation part
     "questions": str(DEFAULT_QUESTIONS),  # "" skips the understanding part
+    "video_questions": "",               # e.g. evaluation/shapes/video_questions.jsonl (needs understand_video)
+    "video_frames": 5,
     "image_root": "",                    # for LLaVA-style question json (default <json dir>/images)
     "images": "",                        # score this GenEval-layout folder instead of generating
     "answers": "",                       # score these answers ({"id","answer"} jsonl) instead of asking
@@ -523,12 +551,22 @@ def generate_images(pipe: Any, prompts: Sequence[dict[str, Any]], outdir: str | 
 
 
 def answer_questions(pipe: Any, items: Sequence[dict[str, Any]], *, resolution: int, suffix: str,
-                     batch_size: int, max_new_tokens: int) -> dict[str, str]:
-    images = [question_image(it, resolution) for it in items]
-    questions = [it["question"] + suffix for it in items]
-    answers = pipe.understand(images, questions, max_new_tokens=max_new_tokens, temperature=0.0,
-                              batch_size=batch_size)
-    return {it["id"]: a for it, a in zip(items, answers)}
+                     batch_size: int, max_new_tokens: int, num_frames: int = 5) -> dict[str, str]:
+    """Greedy answers: image items through ``pipe.understand``, video items through ``pipe.understand_video``."""
+    out: dict[str, str] = {}
+    imgs = [it for it in items if not is_video_item(it)]
+    vids = [it for it in items if is_video_item(it)]
+    if imgs:
+        answers = pipe.understand([question_image(it, resolution) for it in imgs],
+                                  [it["question"] + suffix for it in imgs], max_new_tokens=max_new_tokens,
+                                  temperature=0.0, batch_size=batch_size)
+        out.update({it["id"]: a for it, a in zip(imgs, answers)})
+    if vids:
+        answers = pipe.understand_video([question_video(it, resolution) for it in vids],
+                                        [it["question"] + suffix for it in vids], num_frames=num_frames,
+                                        max_new_tokens=max_new_tokens, temperature=0.0)
+        out.update({it["id"]: a for it, a in zip(vids, answers)})
+    return out
 
 
 def run_benchmark(cfg: dict[str, Any], pipe: Any = None) -> dict[str, Any]:
@@ -559,13 +597,17 @@ def run_benchmark(cfg: dict[str, Any], pipe: Any = None) -> dict[str, Any]:
         (out / "generation_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in res))
         summary["generation"] = summarize(res, "tag")
         print(format_table(summary["generation"], "shapes generation (GenEval-style)"))
-    if cfg["questions"]:
-        items = load_questions(cfg["questions"], cfg["image_root"] or None)[:n]
+    items: list[dict[str, Any]] = []
+    for key in ("questions", "video_questions"):  # one understanding table over both files
+        if cfg[key]:
+            items += load_questions(cfg[key], cfg["image_root"] or None)[:n]
+    if items:
         if cfg["answers"]:
             answers = {r["id"]: r["answer"] for r in read_jsonl(cfg["answers"])}
         else:
             answers = answer_questions(get_pipe(), items, resolution=cfg["resolution"], suffix=cfg["question_suffix"],
-                                       batch_size=cfg["batch_size"], max_new_tokens=cfg["max_new_tokens"])
+                                       batch_size=cfg["batch_size"], max_new_tokens=cfg["max_new_tokens"],
+                                       num_frames=cfg["video_frames"])
         res = score_understanding(items, answers)
         (out / "understanding_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in res))
         summary["understanding"] = summarize(res, "category")
@@ -575,9 +617,10 @@ def run_benchmark(cfg: dict[str, Any], pipe: Any = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None, pipe: Any = None) -> dict[str, Any]:
-    from utils.config import load_config, to_plain
+    from evaluation.common import load_eval_config
+    from utils.config import to_plain
 
-    cfg = to_plain(load_config(argv, DEFAULTS, USAGE))
+    cfg = to_plain(load_eval_config(argv, DEFAULTS, USAGE))
     return run_benchmark(cfg, pipe)
 
 

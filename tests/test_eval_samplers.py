@@ -140,3 +140,21 @@ def test_shell_scripts_build_valid_commands(tmp_path: Path, script: str, module:
     cmd8 = subprocess.run(["bash", str(ROOT / "evaluation" / script), "CKPT"], env=env, capture_output=True,
                           text=True, check=True).stdout
     assert "accelerate.commands.launch" in cmd8 and "--num_processes 8" in cmd8
+
+
+def test_config_file_typos_and_help(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from utils.config import ConfigError
+
+    y = tmp_path / "eval.yaml"
+    y.write_text("n_samples: 2\nresolution: 8\nmax_prompts: 2\n")
+    pipe = SeedColourPipe()
+    geneval.main([f"config={y}", f"outdir={tmp_path / 'g'}", "guidance_scale=3"], pipe=pipe)
+    assert len(pipe.prompts) == 4 and pipe.kwargs[0]["guidance_scale"] == 3.0  # YAML + defaults + CLI
+    with pytest.raises(ConfigError, match="guidance_scal"):
+        geneval.main(["guidance_scal=3"], pipe=pipe)
+    y.write_text("n_sample: 2\n")
+    with pytest.raises(ConfigError, match="n_sample"):
+        dpg.main([f"config={y}"], pipe=pipe)
+    with pytest.raises(SystemExit):
+        dpg.main(["--help"])
+    assert "num_inference_steps" in capsys.readouterr().out

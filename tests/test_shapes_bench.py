@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from datasets import shapes
@@ -33,6 +34,20 @@ class RenderingPipe:
     def understand(self, images: list, questions: list[str], **kw: Any) -> list[str]:
         assert all(isinstance(im, Image.Image) for im in images) and len(images) == len(questions)
         return [self.answer] * len(questions)
+
+    def understand_video(self, videos: list, questions: list[str], num_frames: int = 5, **kw: Any) -> list[str]:
+        """Answers direction questions from the motion of the non-white centroid (first vs last frame)."""
+        out = []
+        for v in videos:
+            if isinstance(v, str):
+                from utils.media import read_video_frames
+
+                v = read_video_frames(v, None)
+            ys0, xs0 = np.nonzero((v[0] < 200).any(-1))
+            ys1, xs1 = np.nonzero((v[-1] < 200).any(-1))
+            dx, dy = xs1.mean() - xs0.mean(), ys1.mean() - ys0.mean()
+            out.append(("Right." if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "UP"))
+        return out
 
 
 def test_checker_ground_truth_and_corruptions() -> None:
@@ -119,3 +134,15 @@ def test_world_eval_json_as_questions(tmp_path: Path) -> None:
     summ = sb.main([f"outdir={tmp_path / 'o'}", "prompts=", f"questions={paths['llava_eval']}"],
                    pipe=RenderingPipe("yes"))
     assert 0.0 <= summ["understanding"]["overall"] <= 1.0
+
+
+def test_video_questions(tmp_path: Path) -> None:
+    rows = [json.loads(x) for x in sb.DEFAULT_VIDEO_QUESTIONS.read_text().splitlines()]
+    assert rows == sb.default_video_question_set()
+    summ = sb.main([f"outdir={tmp_path / 'o'}", "prompts=", "questions=", f"video_questions={sb.DEFAULT_VIDEO_QUESTIONS}",
+                    "max_items=12"], pipe=RenderingPipe())
+    assert summ["understanding"]["categories"]["direction"] == {"accuracy": 1.0, "n": 12}
+    paths = shapes.write_shapes_world(tmp_path / "w", n_train=2, n_eval=2, n_videos=10, n_stories=1)
+    summ = sb.main([f"outdir={tmp_path / 'o2'}", "prompts=", "questions=", f"video_questions={paths['video_qa_eval']}"],
+                   pipe=RenderingPipe())
+    assert summ["understanding"]["overall"] == 1.0 and summ["understanding"]["n"] == 1
