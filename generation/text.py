@@ -67,10 +67,12 @@ class TextPrompt:
 @dataclass
 class TextGenerationResult:
     """tokens: generated ids per row, stop token excluded; stopped: whether a stop token ended the
-    row; step_logits: (steps, B, V) float32 last-position logits (only if requested)."""
+    row; stop_tokens: that stop token (None if the row ran out of tokens); step_logits: (steps, B, V)
+    float32 last-position logits (only if requested)."""
 
     tokens: list[list[int]]
     stopped: list[bool]
+    stop_tokens: list[int | None] = field(default_factory=list)
     step_logits: Tensor | None = None
 
 
@@ -155,7 +157,7 @@ def generate_text(
     reference for tests and benchmarks).
     """
     if len(prompts) == 0:
-        return TextGenerationResult([], [])
+        return TextGenerationResult([], [], [])
     device = model_device(model)
     B = len(prompts)
     batch = left_pad([p.input_ids for p in prompts], pad_id,
@@ -183,6 +185,7 @@ def generate_text(
     tokens: list[list[int]] = [[] for _ in range(B)]
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     stopped = [False] * B
+    stop_tokens: list[int | None] = [None] * B
     step_logits = []
     for step in range(max_new_tokens):
         if return_logits:
@@ -194,6 +197,7 @@ def generate_text(
                 tok = int(nxt[i])
                 if stop.numel() and bool((stop == tok).any()):
                     stopped[i] = True
+                    stop_tokens[i] = tok
                 else:
                     tokens[i].append(tok)
         if stop.numel():
@@ -213,4 +217,4 @@ def generate_text(
             out = model(ids_all, attention_mask=prefix_mask(grown), use_cache=False, compute_logits=True,
                         compute_flow=False, logits_to_keep=1, **vis)
         logits = out.logits[:, -1].float()
-    return TextGenerationResult(tokens, stopped, torch.stack(step_logits) if return_logits else None)
+    return TextGenerationResult(tokens, stopped, stop_tokens, torch.stack(step_logits) if return_logits else None)
