@@ -200,10 +200,11 @@ class Showo2(_LMMBase):
     def _answer(self, kind: str, visuals: list[Any], questions: list[str], gen_kwargs: dict[str, Any]) -> list[str]:
         """One batched pipeline call for items of the same kind and generation settings."""
         kw = self._decode_kwargs(gen_kwargs)
+        extra = {"layout": self.layout} if self.layout else {}
         if kind == "video":
-            outs = self.pipe.understand_video(visuals, questions, num_frames=self.num_frames, **kw)
+            outs = self.pipe.understand_video(visuals, questions, num_frames=self.num_frames,
+                                              batch_size=self.batch_size_per_gpu, **kw, **extra)
         else:
-            extra = {"layout": self.layout} if self.layout else {}
             ims = visuals if kind == "image" else [None] * len(questions)
             outs = self.pipe.understand(ims, questions, batch_size=self.batch_size_per_gpu, **kw, **extra)
         return [apply_until(o, gen_kwargs.get("until")) for o in outs]
