@@ -10,7 +10,9 @@ Modules (import them directly, this file deliberately imports nothing heavy):
 * ``datasets.tokenizer``   -- Qwen2.5 tokenizer + Show-o2 special tokens, demo tokenizer builder
 * ``datasets.sequence``    -- THE sequence layout (training and inference), ``collate``
 * ``datasets.transforms``  -- image preprocessing, bad-sample accounting
+* ``datasets.base``        -- robust dataset base, annotation readers, latent-cache adapter, ``collate_samples``
 * ``datasets.image_text``, ``datasets.instruct``, ``datasets.video_text``,
   ``datasets.interleaved``, ``datasets.webdataset`` -- loaders
 * ``datasets.mixed``       -- seeded, resumable mixed generation/understanding loader
+* ``datasets.shapes`` (evaluation engineer), ``datasets.latent_cache`` (VAE engineer)
 """
