@@ -281,6 +281,8 @@ def from_pretrained_backbones(config: Showo2Config, qwen_path: str | os.PathLike
     # --- SigLIP ---
     ssd = read_state_dict(Path(siglip_path))
     vis = _strip(ssd, "vision_model.") or _strip(ssd, "siglip.vision_model.")
+    if not vis and "embeddings.position_embedding.weight" in ssd:   # a bare SiglipVisionModel / transformer
+        vis = ssd
     if not vis:
         raise CheckpointKeyError(f"no vision_model.* keys in {siglip_path}")
     with torch.no_grad():

@@ -223,10 +223,20 @@ class Showo2Config:
             kwargs["qwen2"] = copy.deepcopy(_QWEN_BY_PATH[path])
         return cls(**kwargs)
 
-    def to_official_dict(self) -> dict:
-        """The released config.json content (diffusers ConfigMixin format)."""
+    def to_official_dict(self, include_subconfigs: bool | None = None) -> dict:
+        """The released config.json content (diffusers ConfigMixin format).
+
+        Sub-configs are added (extra keys the official loader ignores) when `llm_model_path` names no embedded
+        Qwen config, e.g. tiny / demo models, so such folders stay loadable offline. None = automatic.
+        """
         out: dict[str, Any] = {"_class_name": "Showo2Qwen2_5", "_diffusers_version": "0.31.0"}
         out.update({k: getattr(self, k) for k in OFFICIAL_FIELDS})
+        if include_subconfigs is None:
+            include_subconfigs = _QWEN_BY_PATH.get(self.llm_model_path) != self.qwen2 or \
+                self.siglip != SIGLIP_SO400M_384 or self.flow_head != FLOW_HEAD_DEFAULT
+        if include_subconfigs:
+            out.update(qwen2=copy.deepcopy(self.qwen2), siglip=copy.deepcopy(self.siglip),
+                       flow_head=copy.deepcopy(self.flow_head))
         return out
 
     @classmethod
