@@ -526,12 +526,14 @@ DEFAULTS: dict[str, Any] = {
     "max_items": -1,                     # first N prompts / questions only (smoke tests)
     "tol": 80.0, "min_area": 0.01, "margin": 0.1, "strict": False,
     "holdout": "",                       # comma-separated held-out compositions -> seen/heldout split
+    "validate_checker": False,           # only validate the checker on rendered/corrupted images and exit
 }
 
 USAGE = """usage: python -m evaluation.shapes_bench [key=value ...]
   generate + score:   model_path=CKPT [outdir=OUT] [prompts=FILE] [questions=FILE]
   score images only:  images=DIR (GenEval layout) questions=""
   score answers only: answers=FILE.jsonl prompts=""
+  validate checker:   validate_checker=true [resolution=64]
 Writes OUT/generation_results.jsonl, OUT/understanding_results.jsonl, OUT/summary.json and prints tables."""
 
 
@@ -586,6 +588,15 @@ def run_benchmark(cfg: dict[str, Any], pipe: Any = None) -> dict[str, Any]:
         return pipe
 
     summary: dict[str, Any] = {"config": dict(cfg)}
+    if cfg.get("validate_checker"):
+        prompts = load_prompts(cfg["prompts"] or DEFAULT_PROMPTS)[:n]
+        val = validate_checker(prompts, resolutions=(cfg["resolution"],), reps=2, **check_kw)
+        summary["checker_validation"] = val
+        print(f"checker validation at {cfg['resolution']} px (fraction judged correct; gt* should be 1, others 0)")
+        for k, v in val.items():
+            print(f"  {k:<16}{v['accuracy']:>8.4f}{v['n']:>6d}")
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
     if cfg["prompts"]:
         prompts = load_prompts(cfg["prompts"])[:n]
         images_dir = Path(cfg["images"]) if cfg["images"] else out / "images"

@@ -146,3 +146,9 @@ def test_video_questions(tmp_path: Path) -> None:
     summ = sb.main([f"outdir={tmp_path / 'o2'}", "prompts=", "questions=", f"video_questions={paths['video_qa_eval']}"],
                    pipe=RenderingPipe())
     assert summ["understanding"]["overall"] == 1.0 and summ["understanding"]["n"] == 1
+
+
+def test_cli_validate_checker(tmp_path: Path) -> None:
+    summ = sb.main([f"outdir={tmp_path}", "validate_checker=true", "max_items=6"])
+    val = summ["checker_validation"]
+    assert val["ground_truth"]["accuracy"] == 1.0 and val["blank"]["accuracy"] == 0.0
