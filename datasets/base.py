@@ -5,13 +5,17 @@ A loader item is a dict::
 
     {"sequence": SequenceSample,            # datasets.sequence
      "pixels": [Tensor] | None,             # one per sequence slot: (3,H,W) image / (3,T,H,W) video, [-1,1]
-     "latents": [Tensor] | None,            # instead of pixels when a latent cache is used
+     "latents": [Tensor] | None,            # instead of pixels when a latent cache is used: posterior
+     "latent_logvars": [Tensor] | None,     #   mean (normalised) + raw log-variance, or plain latents
      "data_type": str, "text": str,         # official data_type ("t2i", "mmu", "interleaved_data", ...)
      "bad": {reason: n}, "index": int}      # reasons skipped to produce it, index actually served
 
-``collate_samples`` turns a list of items into the batch dict of ``datasets.sequence.collate`` plus
-``pixels`` / ``latents`` (N = B*M items in slot order ``i*M + j``; padding slots hold a zero dummy),
-``visual_valid`` / ``visual_generate`` (N,) bool, ``cond_frames`` (N,) long and ``bad_samples``.
+``collate_samples`` turns a list of items into the batch dict of ``datasets.sequence.collate`` plus,
+with N = B*M visual items in slot order ``i*M + j`` (padding slots hold a zero dummy):
+``pixels`` (N, 3, [T,] H, W), or ``latent_mean`` + ``latent_logvar`` (cached posterior; the trainer
+draws the sample), or ``latents``; a key is present only when the batch has that media. Always:
+``t_min`` (N,) float (1 = clean item: understanding or dummy; 0 = generated), ``visual_valid`` /
+``visual_generate`` (N,) bool, ``cond_frames`` (N,) long, ``bad_samples`` {reason: n}, ``texts``.
 """
 
 from __future__ import annotations
@@ -100,32 +104,31 @@ def open_latent_cache(cache: Any) -> Any:
     return LatentCache(cache)
 
 
-def read_latent(cache: Any, key: str, generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
-    """Latent for ``key`` (the media path as written in the annotation) from a cache object.
+def read_latent(cache: Any, key: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(latent, logvar)`` for ``key`` (the media path as written in the annotation).
 
-    A ``LatentCache`` record holds the normalised posterior mean and log-variance; with ``sample=True``
-    a posterior sample is drawn (``models.vae.sample_from_posterior``, the same draw ``WanVAE.encode``
-    makes; pass a seeded ``generator`` for reproducibility), else the mean is returned. Caches that
-    return a plain tensor are passed through.
+    A ``LatentCache`` record holds the normalised posterior mean and the raw log-variance: both are
+    returned and the trainer draws the posterior sample per step (``models.vae.sample_from_posterior``,
+    as the reference VAE-encodes every step). Caches that return a plain tensor give ``(tensor, None)``.
     """
     getter = getattr(cache, "get", None)
     out = getter(key) if callable(getter) else (cache[key] if key in cache else None)
     if out is None:
         raise SampleError("missing_latent", key)
+    logvar = None
     if isinstance(out, dict):
-        if sample and "latent_mean" in out and "latent_logvar" in out:
-            from models.vae import sample_from_posterior
-
-            return sample_from_posterior(out["latent_mean"], out["latent_logvar"], generator)
+        logvar = out.get("latent_logvar")
         out = out.get("latent_mean", out.get("latent"))
     if not isinstance(out, torch.Tensor):
         raise SampleError("missing_latent", key)
-    return out.float()
+    return out.float(), (logvar.float() if isinstance(logvar, torch.Tensor) else None)
 
 
-def latent_generator(seed: int, *keys: int) -> torch.Generator:
-    """CPU generator for the posterior draw of one sample in one epoch."""
-    return torch.Generator().manual_seed(hash_ints(seed, 0x1A7E, *keys) % (2**63 - 1))
+def attach_latents(item: dict[str, Any], pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+    """Put ``read_latent`` results on an item: ``latents`` (+ ``latent_logvars`` when every item has one)."""
+    item["latents"] = [z for z, _ in pairs]
+    logvars = [lv for _, lv in pairs]
+    item["latent_logvars"] = logvars if logvars and all(lv is not None for lv in logvars) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,14 +218,24 @@ def collate_samples(items: Sequence[dict[str, Any]], pad_id: int, *, pad_to: int
     seqs = [it["sequence"] for it in items]
     batch = collate(seqs, pad_id, pad_to=pad_to, max_slots=max_slots)
     m = batch["modality_positions"].shape[1]
-    batch["pixels"] = _stack_media(items, "pixels", m)
-    batch["latents"] = _stack_media(items, "latents", m)
+    pixels = _stack_media(items, "pixels", m)
+    if pixels is not None:
+        batch["pixels"] = pixels
+    latents = _stack_media(items, "latents", m)
+    if latents is not None:
+        logvars = _stack_media(items, "latent_logvars", m)
+        has_lv = all(it.get("latent_logvars") is not None for it in items if it.get("latents"))
+        if logvars is not None and has_lv:
+            batch["latent_mean"], batch["latent_logvar"] = latents, logvars
+        else:
+            batch["latents"] = latents
     valid, gen, cond = [], [], []
     for s in seqs:
         k = len(s.visuals)
         valid += [True] * k + [False] * (m - k)
         gen += [v.generate for v in s.visuals] + [False] * (m - k)
         cond += [v.cond_frames for v in s.visuals] + [0] * (m - k)
+    batch["t_min"] = torch.tensor([0.0 if g else 1.0 for g in gen], dtype=torch.float32)
     batch["visual_valid"] = torch.tensor(valid, dtype=torch.bool)
     batch["visual_generate"] = torch.tensor(gen, dtype=torch.bool)
     batch["cond_frames"] = torch.tensor(cond, dtype=torch.long)

@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from datasets.base import (
     RobustDataset,
-    latent_generator,
     open_latent_cache,
     read_jsonl,
+    attach_latents,
     read_latent,
     resolve_path,
     seeded_rng,
@@ -102,19 +102,20 @@ class ImageTextDataset(RobustDataset):
     def load(self, idx: int) -> dict[str, Any]:
         rec = self.rows[idx]
         caption = self.caption_for(idx)
-        pixels = latents = None
+        item: dict[str, Any] = {"pixels": None, "latents": None, "text": caption}
         if self.latent_cache is not None:
-            lat = read_latent(self.latent_cache, rec["path"], latent_generator(self.seed, idx, self.epoch))
+            lat, logvar = read_latent(self.latent_cache, rec["path"])
             visual = VisualInfo.image((lat.shape[-2] // 2, lat.shape[-1] // 2))
-            latents = [lat]
+            attach_latents(item, [(lat, logvar)])
         else:
             path = resolve_path(self.root, rec["path"])
             img = load_image(path, strict=self.strict_modes, min_size=self.min_size,
                              max_pixels=self.max_pixels)
-            pixels = [preprocess_image(img, self.resolution, "crop")]
+            item["pixels"] = [preprocess_image(img, self.resolution, "crop")]
             visual = VisualInfo.for_resolution(self.resolution)
         if self.task == "t2i":
             seq = self.builder.t2i(caption, visual)
         else:
             seq = self.builder.caption(caption, visual)
-        return {"sequence": seq, "pixels": pixels, "latents": latents, "data_type": seq.data_type, "text": caption}
+        item.update(sequence=seq, data_type=seq.data_type)
+        return item

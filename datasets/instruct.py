@@ -14,7 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from datasets.base import RobustDataset, latent_generator, open_latent_cache, read_json_list, read_latent, resolve_path
+from datasets.base import (
+    RobustDataset,
+    attach_latents,
+    open_latent_cache,
+    read_json_list,
+    read_latent,
+    resolve_path,
+)
 from datasets.sequence import SampleError, SequenceBuilder, VisualInfo
 from datasets.transforms import BadSampleCounter, load_image, preprocess_image
 from datasets.video_text import ShortClip, preprocess_frames, read_frames
@@ -85,11 +92,11 @@ class InstructDataset(RobustDataset):
             return [], [], "pixels"
         for k, rel in enumerate(paths):
             if self.latent_cache is not None:
-                lat = read_latent(self.latent_cache, rel, latent_generator(self.seed, idx, self.epoch, k))
+                lat, logvar = read_latent(self.latent_cache, rel)
                 grid = (lat.shape[-2] // 2, lat.shape[-1] // 2)
                 infos.append(VisualInfo.video(grid, lat.shape[1], False, source_index=k) if lat.dim() == 4
                              else VisualInfo.image(grid, False, source_index=k))
-                tensors.append(lat)
+                tensors.append((lat, logvar))
                 continue
             path = resolve_path(self.root, rel)
             if kind == "video":
@@ -114,6 +121,8 @@ class InstructDataset(RobustDataset):
         used = [tensors[v.source_index] for v in seq.visuals]  # items whose turn survived truncation
         item: dict[str, Any] = {"sequence": seq, "pixels": None, "latents": None, "data_type": seq.data_type,
                                 "text": turns[0][1]}
-        if used:
-            item[key] = used
+        if used and key == "latents":
+            attach_latents(item, used)
+        elif used:
+            item["pixels"] = used
         return item

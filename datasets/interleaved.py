@@ -15,9 +15,9 @@ from typing import Any
 
 from datasets.base import (
     RobustDataset,
-    latent_generator,
     open_latent_cache,
     read_json_list,
+    attach_latents,
     read_latent,
     resolve_path,
     seeded_rng,
@@ -79,8 +79,8 @@ class InterleavedDataset(RobustDataset):
         infos, tensors = [], []
         for k, rel in enumerate(images[a:b]):
             if self.latent_cache is not None:
-                lat = read_latent(self.latent_cache, rel, latent_generator(self.seed, idx, self.epoch, k))
-                infos.append(VisualInfo.image((lat.shape[-2] // 2, lat.shape[-1] // 2), source_index=k))
+                lat = read_latent(self.latent_cache, rel)
+                infos.append(VisualInfo.image((lat[0].shape[-2] // 2, lat[0].shape[-1] // 2), source_index=k))
                 tensors.append(lat)
             else:
                 img = load_image(resolve_path(self.root, rel, self.image_suffix), strict=False)
@@ -89,8 +89,10 @@ class InterleavedDataset(RobustDataset):
         caps = [c.replace("\n", "") for c in captions[a:b]]
         seq = self.builder.interleaved(caps, infos, flag=self.flag,
                                        label_visual_placeholders=self.label_visual_placeholders)
-        key = "latents" if self.latent_cache is not None else "pixels"
         item: dict[str, Any] = {"sequence": seq, "pixels": None, "latents": None, "data_type": seq.data_type,
                                 "text": " ".join(caps)}
-        item[key] = tensors
+        if self.latent_cache is not None:
+            attach_latents(item, tensors)
+        else:
+            item["pixels"] = tensors
         return item

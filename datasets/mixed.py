@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datasets.base import Collator, RobustDataset, hash_ints, seeded_rng
+from datasets.transforms import BadSampleCounter
 
 
 @dataclass
@@ -163,6 +164,8 @@ class MixedLoader:
         self.prefetch_factor = prefetch_factor
         self._state: dict[str, Any] = {"step": 0, "positions": [0] * len(self.sources)}
         self._pending: deque[dict[str, Any]] = deque()
+        self._it: Iterator[dict[str, Any]] | None = None
+        self.bad = BadSampleCounter()  # merged from the batches handed out (worker counts included)
 
     # ---------------------------------------------------------------- planning
     def _state_copy(self) -> dict[str, Any]:
@@ -199,7 +202,7 @@ class MixedLoader:
         batch["source"] = [it.get("source") for it in items]
         return batch
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def _batches(self) -> Iterator[dict[str, Any]]:
         self._pending.clear()
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0 and self.prefetch_factor is not None:
@@ -209,7 +212,26 @@ class MixedLoader:
         for batch in dl:
             self._state = self._pending.popleft()  # state after the batch just handed out
             batch["step"] = self._state["step"] - 1
+            self.bad.update(batch.get("bad_samples") or {})
             yield batch
+
+    def __iter__(self) -> MixedLoader:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        """The next batch (the loader is its own infinite iterator; ``next(loader)`` works)."""
+        if self._it is None:
+            self._it = self._batches()
+        return next(self._it)
+
+    def close(self) -> None:
+        """Stop the worker processes (prefetched batches are dropped; the position is kept)."""
+        self._it = None
+        self._pending.clear()
+
+    def bad_sample_counts(self) -> dict[str, int]:
+        """Cumulative skipped-sample counts per reason (what the trainer logs)."""
+        return dict(self.bad.counts)
 
     # ---------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
@@ -223,6 +245,7 @@ class MixedLoader:
             "world_size": self.world_size,
             "sizes": [len(s.dataset) for s in self.sources],
             "batch_sizes": [s.batch_size for s in self.sources],
+            "bad_samples": dict(self.bad.counts),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -235,4 +258,82 @@ class MixedLoader:
         if len(state["positions"]) != len(self.sources):
             raise ValueError("loader state has a different number of sources")
         self._state = {"step": int(state["step"]), "positions": [int(p) for p in state["positions"]]}
-        self._pending.clear()
+        self.close()  # a running iterator would continue from its prefetched plans
+        self.bad = BadSampleCounter()
+        self.bad.update(state.get("bad_samples") or {})
+
+
+# --------------------------------------------------------------------------------------------
+# construction from the training config
+# --------------------------------------------------------------------------------------------
+
+def _dataset_types() -> dict[str, Any]:
+    from datasets.image_text import ImageTextDataset
+    from datasets.instruct import InstructDataset
+    from datasets.interleaved import InterleavedDataset
+    from datasets.video_text import VideoTextDataset
+
+    return {"image_text": ImageTextDataset, "instruct": InstructDataset, "video_text": VideoTextDataset,
+            "interleaved": InterleavedDataset}
+
+
+def build_source(spec: dict[str, Any], builder: Any, *, resolution: int, seed: int,
+                 max_bad_fraction: float) -> MixedSource:
+    """One ``data.sources`` entry -> ``MixedSource`` (see ``build_mixed_loader``)."""
+    spec = dict(spec)
+    kind = spec.pop("type")
+    name = spec.pop("name", kind)
+    batch_size = int(spec.pop("batch_size"))
+    path = spec.pop("path")
+    root = spec.pop("root", None)
+    types = _dataset_types()
+    if kind not in types:
+        raise ValueError(f"unknown data source type {kind!r} ({', '.join(types)})")
+    spec.setdefault("resolution", resolution)
+    spec.setdefault("seed", seed)
+    if spec.get("min_size") is not None:
+        spec["min_size"] = tuple(spec["min_size"])
+    counter = BadSampleCounter(max_bad_fraction=max_bad_fraction)
+    if kind in ("image_text", "video_text"):
+        ds = types[kind](path, builder, root=root, counter=counter, **spec)
+    else:
+        ds = types[kind](path, root, builder, counter=counter, **spec)
+    return MixedSource(name, ds, batch_size)
+
+
+def build_mixed_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, seed: int = 0) -> MixedLoader:
+    """The training data iterator from the ``data`` config section (``data.source: mixed``).
+
+    Keys (defaults in brackets)::
+
+        tokenizer: Qwen/Qwen2.5-1.5B-Instruct   # folder or hub id (datasets.tokenizer.load_tokenizer)
+        max_seq_len: [1024]   resolution: [432]   mode: [concat] | prob   samp_probs: [null]
+        num_workers: [0]      prefetch_factor: [null]   max_slots: [null]   max_bad_fraction: [0.5]
+        official_image_masks: [false]   data_seed: [training seed]
+        sources:              # list order = row order inside a concat batch (t2i first, as official)
+          - {name: t2i, type: image_text, path: pairs.jsonl, task: t2i, batch_size: 6, min_size: [256, 256]}
+          - {name: und, type: instruct, path: llava.json, root: images/, mode: tuning, batch_size: 2}
+          # type video_text: task t2v | i2v, num_frames, short_clip; type interleaved: max_images, flag
+          # any other key goes to the dataset constructor (cond_dropout_prob, latent_cache, ...)
+    """
+    from datasets.sequence import SequenceBuilder
+    from datasets.tokenizer import load_tokenizer
+
+    if not isinstance(cfg, dict):
+        from utils.config import to_plain
+
+        cfg = to_plain(cfg)
+    cfg = dict(cfg)
+    if not cfg.get("sources"):
+        raise ValueError("data.sources is empty: list the datasets to mix (see datasets.mixed.build_mixed_loader)")
+    tokenizer, special = load_tokenizer(str(cfg["tokenizer"]))
+    builder = SequenceBuilder(special, tokenizer=tokenizer, max_seq_len=int(cfg.get("max_seq_len", 1024)),
+                              official_image_masks=bool(cfg.get("official_image_masks", False)))
+    data_seed = int(cfg.get("data_seed") if cfg.get("data_seed") is not None else seed)
+    sources = [build_source(s, builder, resolution=int(cfg.get("resolution", 432)), seed=data_seed,
+                            max_bad_fraction=float(cfg.get("max_bad_fraction", 0.5))) for s in cfg["sources"]]
+    return MixedLoader(
+        sources, mode=str(cfg.get("mode", "concat")), samp_probs=cfg.get("samp_probs"), seed=data_seed, rank=rank,
+        world_size=world_size, num_workers=int(cfg.get("num_workers", 0)), pad_id=special.pad,
+        max_slots=cfg.get("max_slots"), prefetch_factor=cfg.get("prefetch_factor"),
+    )

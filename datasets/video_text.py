@@ -22,9 +22,9 @@ from PIL import Image
 
 from datasets.base import (
     RobustDataset,
-    latent_generator,
     open_latent_cache,
     read_jsonl,
+    attach_latents,
     read_latent,
     resolve_path,
     seeded_rng,
@@ -162,22 +162,23 @@ class VideoTextDataset(RobustDataset):
         cap = cap.replace("\n", "")
         if self.cond_dropout_prob > 0 and seeded_rng(self.seed, idx, self.epoch).random() < self.cond_dropout_prob:
             cap = ""
-        pixels = latents = None
+        item: dict[str, Any] = {"pixels": None, "latents": None, "text": cap}
         if self.latent_cache is not None:
-            lat = read_latent(self.latent_cache, rec["path"], latent_generator(self.seed, idx, self.epoch))
+            lat, logvar = read_latent(self.latent_cache, rec["path"])  # (C, T, h, w)
             if lat.dim() != 4:
                 raise SampleError("malformed_sample", f"video latent of shape {tuple(lat.shape)}")
             visual = VisualInfo.video((lat.shape[-2] // 2, lat.shape[-1] // 2), lat.shape[1])
-            latents = [lat]
+            attach_latents(item, [(lat, logvar)])
         else:
             frames = read_frames(resolve_path(self.root, rec["path"]), self.num_frames, self.short_clip,
                                  self.temporal_stride)
             px = preprocess_frames(frames, self.resolution, "crop")
-            t = px.shape[1]
-            visual = VisualInfo.for_resolution(self.resolution, frames=t, temporal_stride=self.temporal_stride)
-            pixels = [px]
+            visual = VisualInfo.for_resolution(self.resolution, frames=px.shape[1],
+                                               temporal_stride=self.temporal_stride)
+            item["pixels"] = [px]
         if self.task == "i2v":
             seq = self.builder.i2v(cap, visual, cond_frames=1)
         else:
             seq = self.builder.t2v(cap, visual)
-        return {"sequence": seq, "pixels": pixels, "latents": latents, "data_type": seq.data_type, "text": cap}
+        item.update(sequence=seq, data_type=seq.data_type)
+        return item

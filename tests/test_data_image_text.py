@@ -92,6 +92,7 @@ def test_good_samples_t2i_and_caption(tmp_path, tok):
     assert cap["text"] == "The image features a red circle" and cap["data_type"] == "mmu"
     batch = collate_samples([ds[0], cap], sp.pad)
     assert batch["pixels"].shape == (2, 3, RES, RES) and batch["visual_generate"].tolist() == [True, False]
+    assert batch["t_min"].tolist() == [0.0, 1.0]
     assert batch["input_ids"].shape == (2, 64) and batch["bad_samples"] == {}
 
 
@@ -203,11 +204,11 @@ def test_latent_cache_path(tmp_path, tok):
     assert it["sequence"].visuals[0].grid == (2, 3) and it["sequence"].modality_positions[0, 1] == 7
     assert ds.counter.counts["missing_latent"] == 1
     batch = collate_samples([it, it], sp.pad)
-    assert batch["latents"].shape == (2, 16, 4, 6) and batch["pixels"] is None
+    assert batch["latents"].shape == (2, 16, 4, 6) and "pixels" not in batch and "latent_mean" not in batch
 
 
 def test_real_latent_cache_directory(tmp_path, tok):
-    """Reads latents through datasets.latent_cache.LatentCache (posterior sample, seeded per epoch)."""
+    """Reads latents through datasets.latent_cache.LatentCache (posterior mean + log-variance)."""
     from datasets.latent_cache import LatentCacheWriter
 
     tokenizer, sp = tok
@@ -219,10 +220,11 @@ def test_real_latent_cache_directory(tmp_path, tok):
     b = SequenceBuilder(sp, tokenizer=tokenizer, max_seq_len=64)
     ds = ImageTextDataset(jl, b, latent_cache=str(tmp_path / "cache"), cond_dropout_prob=0.0,
                           counter=BadSampleCounter(max_bad_fraction=0.9))
-    z0 = ds[0]["latents"][0]
-    assert z0.shape == (16, 8, 8) and torch.equal(z0, ds[0]["latents"][0])  # seeded draw
-    assert 0 < (z0 - mean[0]).abs().mean() < 0.5  # posterior noise, std exp(-2)
-    ds.set_epoch(1)
-    assert not torch.equal(z0, ds[0]["latents"][0])
+    it = ds[0]
+    assert torch.equal(it["latents"][0], mean[0]) and torch.equal(it["latent_logvars"][0], logvar[0])
+    batch = collate_samples([it, ds[1]], sp.pad)
+    # the posterior is handed to the trainer, which draws the sample per step
+    assert batch["latent_mean"].shape == (2, 16, 8, 8) and batch["latent_logvar"].shape == (2, 16, 8, 8)
+    assert "latents" not in batch and "pixels" not in batch and batch["t_min"].tolist() == [0.0, 0.0]
     assert ds[2]["index"] == 0 and ds.counter.counts["missing_latent"] == 1
     assert ds[1]["sequence"].modality_positions[0, 1] == 17

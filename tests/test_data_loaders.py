@@ -111,6 +111,7 @@ def test_instruct_loader(tmp_path, tok):
     batch = collate_samples([it, txt, multi], sp.pad)
     assert batch["modality_positions"].shape == (3, 2, 2) and batch["pixels"].shape == (6, 3, RES, RES)
     assert batch["visual_valid"].tolist() == [True, False, False, False, True, True]
+    assert batch["t_min"].tolist() == [1.0] * 6  # understanding items and dummies are clean
     pre = InstructDataset(ann, root, b, mode="pre-training", resolution=RES, counter=BadSampleCounter(0.9))[0]
     assert pre["sequence"].modality_positions[0, 0].item() == 2
 

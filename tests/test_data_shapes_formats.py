@@ -4,6 +4,7 @@ mixed batch."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from datasets.image_text import ImageTextDataset
 from datasets.instruct import InstructDataset
@@ -47,3 +48,27 @@ def test_loaders_read_shapes_world(world):
     loader = MixedLoader([MixedSource("t2i", t2i, 3), MixedSource("mmu", und, 2)], pad_id=sp.pad, seed=0)
     batch = next(iter(loader))
     assert batch["data_type"] == ["t2i"] * 3 + ["mmu"] * 2 and batch["pixels"].shape == (5, 3, 32, 32)
+
+
+def test_build_mixed_loader_from_config(world):
+    from omegaconf import OmegaConf
+
+    from datasets.mixed import build_mixed_loader
+
+    paths, _, sp = world
+    cfg = OmegaConf.create({
+        "source": "mixed", "tokenizer": str(paths["root"]) + "/tok", "max_seq_len": 160, "resolution": 32,
+        "sources": [
+            {"name": "t2i", "type": "image_text", "path": paths["image_text"], "task": "t2i", "batch_size": 2},
+            {"name": "und", "type": "instruct", "path": paths["llava_train"], "root": paths["image_root"],
+             "mode": "tuning", "batch_size": 1},
+        ],
+    })
+    loader = build_mixed_loader(cfg, rank=0, world_size=1, seed=7)
+    b1 = next(loader)
+    assert b1["source"] == ["t2i", "t2i", "und"] and b1["t_min"].tolist() == [0.0, 0.0, 1.0]
+    state = loader.state_dict()
+    b2 = next(loader)
+    again = build_mixed_loader(cfg, rank=0, world_size=1, seed=7)
+    again.load_state_dict(state)
+    assert torch.equal(next(again)["input_ids"], b2["input_ids"]) and loader.bad_sample_counts() == {}
