@@ -4,6 +4,7 @@ Module and parameter names mirror the official `Showo2Qwen2_5`, so official stat
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +134,8 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
     def gradient_checkpointing_enable(self) -> None:
         """Recompute LLM layers, SigLIP layers and flow-head blocks in backward."""
         self.showo.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        for layer in self.und_trans.layers:
+        for layer in self.und_trans.layers:   # transformers' GradientCheckpointingLayer protocol
+            layer._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
             layer.gradient_checkpointing = True
         self.config.gradient_checkpointing = True
 
