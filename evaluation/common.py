@@ -31,12 +31,17 @@ def process_rank(device_id: int = -1, num_devices: int = -1) -> tuple[int, int]:
         if not 0 <= device_id < num_devices:
             raise ValueError(f"device_id must be in [0, {num_devices}) when num_devices is given, got {device_id}")
         return device_id, num_devices
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
         return 0, 1  # plain single process: no need to touch torch.distributed
     from accelerate import PartialState
 
     state = PartialState()
-    return state.process_index, state.num_processes
+    if state.num_processes == world:
+        return state.process_index, state.num_processes
+    # torchrun on a machine without an accelerator: PartialState stays single-process unless told cpu=True,
+    # but sharding only needs the launcher's rank variables (no process group is used here)
+    return int(os.environ.get("RANK", "0")), world
 
 
 def shard_indices(n: int, rank: int, world: int) -> list[int]:

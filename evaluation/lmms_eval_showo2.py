@@ -145,13 +145,14 @@ class Showo2(_LMMBase):
         by ``rank``/``world_size`` and synchronises through ``self.accelerator``)."""
         import os
 
+        from evaluation.common import process_rank
+
         self._device = None
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from accelerate import Accelerator
 
-            self.accelerator = Accelerator()
-            self._rank = self.accelerator.process_index
-            self._world_size = self.accelerator.num_processes
+            self.accelerator = Accelerator()  # lmms-eval synchronises ranks through it
+            self._rank, self._world_size = process_rank()
             self._device = self.accelerator.device
 
     @property

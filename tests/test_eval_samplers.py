@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,36 @@ def test_config_file_typos_and_help(tmp_path: Path, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         dpg.main(["--help"])
     assert "num_inference_steps" in capsys.readouterr().out
+
+
+SHARD_SCRIPT = '''
+import sys
+sys.path.insert(0, {root!r})
+from PIL import Image
+from evaluation import geneval
+
+class Pipe:
+    def text_to_image(self, prompts, *, seeds=None, resolution=None, **kw):
+        return [Image.new("RGB", (8, 8), (s % 256, 0, 0)) for s in seeds]
+
+done = geneval.sample_geneval(dict(geneval.DEFAULTS, outdir={out!r}, max_prompts=5, n_samples=1, resolution=8,
+                                   validation_prompts_file={prompts!r}), pipe=Pipe())
+from evaluation.common import process_rank
+open({out!r} + f"/../rank{{process_rank()[0]}}.txt", "w").write(",".join(map(str, done)))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_two_processes_shard(tmp_path: Path) -> None:
+    """Two real processes (torchrun, as ``accelerate launch`` uses on GPUs) split the prompts between them."""
+    out = tmp_path / "g"
+    script = tmp_path / "run.py"
+    script.write_text(SHARD_SCRIPT.format(root=str(ROOT), out=str(out),
+                                          prompts=str(ROOT / "prompts/geneval_meta_data_rewritten.jsonl")))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+                   check=True, env=env, cwd=tmp_path, timeout=300, capture_output=True)
+    parts = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert parts == ["0,1,2", "3,4"]
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:05d}" for i in range(5)]
