@@ -161,8 +161,12 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
     # ------------------------------------------------------------------------------------------------
     # building blocks
 
-    def encode_visual(self, latents: torch.Tensor) -> torch.Tensor:
-        """Fused visual tokens. (N, C, h, w) -> (N, n, H); (N, C, T, h, w) -> (N, T*n, H), frame-major."""
+    def encode_visual(self, latents: torch.Tensor, pool_to: tuple[int, int] | None = None) -> torch.Tensor:
+        """Fused visual tokens. (N, C, h, w) -> (N, n, H); (N, C, T, h, w) -> (N, T*n, H), frame-major.
+
+        pool_to=(ph, pw): bilinearly resize every frame's token grid (video understanding, spec Q12:
+        27x27 -> 14x14), giving (N, T*ph*pw, H).
+        """
         x = latents.to(self.image_embedder_gen.proj.weight.dtype)
         n_items = x.shape[0]
         if x.dim() == 5:   # frames are encoded independently (no temporal mixing before the LLM)
@@ -173,6 +177,10 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         und = self.und_trans(inputs_embeds=und).last_hidden_state
         gen = self.image_embedder_gen(x)
         fused = self.fusion_proj(torch.cat([und, gen], dim=-1))
+        if pool_to is not None and tuple(pool_to) != (gh, gw):
+            grid = fused.transpose(1, 2).reshape(fused.shape[0], -1, gh, gw)
+            grid = F.interpolate(grid, size=tuple(pool_to), mode="bilinear", align_corners=False)
+            fused = grid.flatten(2).transpose(1, 2)
         return fused.reshape(n_items, -1, fused.shape[-1])
 
     def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,6 +241,7 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         logits_to_keep: int | torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         update_cache: bool = True,
+        visual_pool: tuple[int, int] | None = None,
     ) -> Showo2Output:
         """One pass over a sequence (or a chunk of it after cached positions).
 
@@ -246,6 +255,7 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         text_labels (B, L) unshifted -> loss_ntp (0 if nothing supervised); image_labels: velocity targets in
         latent layout (like image_latents) -> loss_flow over `image_masks` (B, L) block positions, time slots
         excluded (all visual-token positions when image_masks is None).
+        visual_pool: per-frame token-grid pooling for understanding inputs (see `encode_visual`).
         """
         if inputs_embeds is None:
             inputs_embeds = self.showo.model.embed_tokens(input_ids)
@@ -268,7 +278,7 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
             if t is None or layout is None:
                 raise ValueError("image_latents need t and modality_positions")
             t_emb, time_tok = self.embed_time(t.to(device))
-            visual = self.encode_visual(image_latents.to(device))
+            visual = self.encode_visual(image_latents.to(device), pool_to=visual_pool)
             inputs_embeds = self.scatter_visual(inputs_embeds, layout, time_tok, visual)
 
         mask = attention_mask
@@ -350,6 +360,12 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         if first_frame_as_cond and len(shape) == 4:
             vel = torch.cat([torch.zeros_like(vel[:, :, :1]), vel[:, :, 1:]], dim=2)
         return vel
+
+    @classmethod
+    def from_official(cls, path_or_hub_id: str, **kwargs) -> "Showo2Model":
+        """Load a released Show-o2 checkpoint (folder or Hub id); see `checkpoints.load_official_checkpoint`."""
+        from .checkpoints import load_official_checkpoint
+        return load_official_checkpoint(path_or_hub_id, **kwargs)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

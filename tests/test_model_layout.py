@@ -171,3 +171,19 @@ def test_multi_slot_forward_runs_and_extracts():
     v = model.extract_velocity(out.v_tokens, mp, (16, 8, 8))
     assert v.shape == (3, 16, 8, 8)
     assert torch.equal(v[2], tokens_to_velocity(out.v_tokens[1, 3:19], (16, 8, 8), 2))
+
+
+@torch.no_grad()
+def test_video_understanding_pooling():
+    """Per-frame 4x4 token grids pooled to 2x2: F*4 tokens, frame-major, equal to pooling each frame alone."""
+    torch.manual_seed(0)
+    model = Showo2Model(Showo2Config.preset("tiny")).eval()
+    vid = torch.randn(1, 16, 3, 8, 8)
+    pooled = model.encode_visual(vid, pool_to=(2, 2))
+    assert pooled.shape == (1, 12, 48)
+    frame1 = model.encode_visual(vid[:, :, 1], pool_to=(2, 2))
+    assert torch.allclose(pooled[:, 4:8], frame1, atol=1e-6)
+    mp = torch.tensor([[[2, 13]]])
+    out = model(torch.randint(0, 480, (1, 20)), image_latents=vid, t=torch.ones(1), modality_positions=mp,
+                visual_pool=(2, 2), compute_flow=False)
+    assert out.logits.shape == (1, 20, 512)
