@@ -66,7 +66,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "progress": True,
 }
 
-USAGE = __doc__.split("\n\n")[1] if __doc__ else None
+USAGE = __doc__
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -272,9 +272,25 @@ def run(cfg: Any) -> dict[str, Any]:
     return summary
 
 
+def _merge_yaml_over_defaults(argv: list[str]) -> tuple[list[str], Any]:
+    """``config=x.yaml`` only needs the keys it changes: merge it over DEFAULT_CONFIG (overrides still checked)."""
+    from omegaconf import OmegaConf
+
+    from utils.config import load_yaml
+
+    base = OmegaConf.create(DEFAULT_CONFIG)
+    rest = []
+    for arg in argv:
+        if arg.startswith("config="):
+            base = OmegaConf.merge(base, load_yaml(arg.split("=", 1)[1]))
+        else:
+            rest.append(arg)
+    return rest, base
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = load_config(argv, default_config=DEFAULT_CONFIG, usage=USAGE)
+    cfg = load_config(*_merge_yaml_over_defaults(list(sys.argv[1:] if argv is None else argv)), usage=USAGE)
     summary = run(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "vae"}, indent=None))
     (Path(str(cfg.output.dir)) / "last_run.json").write_text(
