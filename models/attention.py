@@ -44,6 +44,17 @@ def omni_attention_mask(modality_positions: torch.Tensor | None, q_len: int, kv_
     return mask[:, None]
 
 
+def mask_key_padding(mask: torch.Tensor, key_valid: torch.Tensor, q_offset: int = 0) -> torch.Tensor:
+    """Forbid attending to padding keys. mask (B, 1, Lq, Lkv) bool, key_valid (B, Lkv) bool (True = real).
+
+    The diagonal stays allowed so padding queries never have an empty row (their outputs are junk, unused).
+    """
+    q_len, kv_len = mask.shape[-2:]
+    q = torch.arange(q_offset, q_offset + q_len, device=mask.device)
+    diag = q[:, None] == torch.arange(kv_len, device=mask.device)[None, :]
+    return (mask & key_valid[:, None, None, :].to(mask.device)) | diag
+
+
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Bool mask -> additive float mask (0 / finfo.min), for eager attention backends."""
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)

@@ -242,6 +242,7 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         inputs_embeds: torch.Tensor | None = None,
         update_cache: bool = True,
         visual_pool: tuple[int, int] | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> Showo2Output:
         """One pass over a sequence (or a chunk of it after cached positions).
 
@@ -256,6 +257,8 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         latent layout (like image_latents) -> loss_flow over `image_masks` (B, L) block positions, time slots
         excluded (all visual-token positions when image_masks is None).
         visual_pool: per-frame token-grid pooling for understanding inputs (see `encode_visual`).
+        position_ids: (B, L) RoPE positions overriding `position_offset + arange(L)` (e.g. left-padded batches:
+        give real tokens their unpadded positions and mask the pad keys, see `attention.mask_key_padding`).
         """
         if inputs_embeds is None:
             inputs_embeds = self.showo.model.embed_tokens(input_ids)
@@ -285,7 +288,10 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         if mask is None:
             mask = omni_attention_mask(modality_positions, q_len, kv_len, position_offset, device,
                                        batch_size=bsz).expand(bsz, 1, q_len, kv_len)
-        position_ids = torch.arange(position_offset, position_offset + q_len, device=device)[None]
+        if position_ids is None:
+            position_ids = torch.arange(position_offset, position_offset + q_len, device=device)[None]
+        else:
+            position_ids = position_ids.to(device)
 
         llm_out = self.showo.model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
                                    past_key_values=past_key_values, use_cache=use_cache or past_key_values is not None)

@@ -108,3 +108,34 @@ def test_chunked_prefill_with_block_in_second_chunk():
     assert torch.allclose(torch.cat([a.logits, b.logits], 1), full.logits, atol=1e-5)
     assert torch.allclose(torch.cat([a.v_tokens, b.v_tokens], 1), full.v_tokens, atol=1e-5)
     assert b.past_key_values.get_seq_length() == ids.shape[1] == b.flow_past_key_values.get_seq_length()
+
+
+@torch.no_grad()
+def test_left_padded_prefix_cache_reproduces_official_cfg_rows():
+    """Official CFG rows have different prefix lengths (7, 11, 2, 2). Left-pad the prefixes, mask the pad keys,
+    give real tokens their official positions, prefill once, then run only the block: == official v_cond/v_uncond."""
+    from models.attention import mask_key_padding, omni_attention_mask
+
+    m = model()
+    io = load_file(str(FIX / "io.safetensors"))
+    ids, mp, z, t = io["cfg.text_tokens"], io["cfg.modality_positions"], io["cfg.z"], io["cfg.t"]
+    offs = mp[:, 0, 0]
+    prefix = int(offs.max())
+    b = ids.shape[0]
+    shift = prefix - offs                                                    # left padding per row
+    col = torch.arange(prefix)[None] - shift[:, None]                        # official position of each column
+    valid = col >= 0
+    pre_ids = torch.where(valid, ids.gather(1, col.clamp(min=0)), torch.full_like(col, 508))
+    mp_pad = torch.tensor([[[prefix, 17]]] * b)
+    mask = mask_key_padding(omni_attention_mask(mp_pad, prefix), valid)
+    pre = m(pre_ids, modality_positions=mp_pad, attention_mask=mask, position_ids=col.clamp(min=0),
+            use_cache=True, compute_logits=False)
+    blk_ids = ids.gather(1, offs[:, None] + torch.arange(17)[None])
+    kv_valid = torch.cat([valid, torch.ones(b, 17, dtype=torch.bool)], 1)
+    blk_mask = mask_key_padding(omni_attention_mask(mp_pad, 17, prefix + 17, prefix), kv_valid, prefix)
+    out = m(blk_ids, image_latents=z, t=t, modality_positions=mp_pad, attention_mask=blk_mask,
+            position_ids=offs[:, None] + torch.arange(17)[None], past_key_values=pre.past_key_values,
+            flow_past_key_values=pre.flow_past_key_values, update_cache=False, compute_logits=False)
+    v = m.extract_velocity(out.v_tokens, mp_pad, (16, 8, 8), position_offset=prefix)
+    ref = torch.cat([io["cfg.v_cond"], io["cfg.v_uncond"]])
+    assert torch.allclose(v, ref, atol=1e-4, rtol=1e-4), (v - ref).abs().max()
