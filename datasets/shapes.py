@@ -24,7 +24,6 @@ CLI: ``python -m datasets.shapes out=DIR n_train=2000 resolution=64 holdout="blu
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 import sys

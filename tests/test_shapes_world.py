@@ -124,3 +124,25 @@ def test_videos_readable_by_media_loader(world: dict[str, str]) -> None:
         assert frames.shape == (5, 64, 64, 3), (man["video_format"], frames.shape)
         ref = np.asarray(Image.open(sorted(Path(r["frames_dir"]).glob("*.png"))[0])).astype(int)
         assert np.abs(frames[0].astype(int) - ref).mean() < 12  # lossy codec, flat colours survive
+
+
+def test_holdout_patterns() -> None:
+    hs = shapes.parse_holdout("red circle left of square, two red circles ,green")
+    assert [h.relation for h in hs] == ["left", None, None] and hs[1].count == 2
+    rel = shapes.parse_caption("a red circle to the left of a blue square")
+    inv = shapes.parse_caption("a blue square to the right of a red circle")
+    other = shapes.parse_caption("a red circle above a blue square")
+    assert hs[0].matches(rel) and hs[0].matches(inv) and not hs[0].matches(other)
+    assert hs[1].matches(shapes.parse_caption("two red circles"))
+    assert not hs[1].matches(shapes.parse_caption("three red circles"))
+    assert hs[2].matches(shapes.parse_caption("a square and a green triangle"))
+    with pytest.raises(ValueError):
+        shapes.parse_holdout(["purple circle"])
+
+
+def test_heldout_prompts_feed_the_benchmark(world: dict[str, str]) -> None:
+    from evaluation.shapes_bench import load_prompts
+
+    rows = load_prompts(world["heldout_prompts"])
+    assert {r["prompt"] for r in rows} == {"a blue triangle", "a circle above a square", "three squares"}
+    assert {r["tag"] for r in rows} == {"colors", "position", "counting"}
