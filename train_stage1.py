@@ -1,4 +1,4 @@
-"""Stage 1 of Show-o2 (and every config of the same loop): ``python train_stage1.py config=... key=value``.
+r"""Stage 1 of Show-o2 (and every config of the same loop): ``python train_stage1.py config=... key=value``.
 
 Launch on GPUs with accelerate, e.g.
     accelerate launch --config_file accelerate_configs/8_gpus_deepspeed_zero2.yaml train_stage1.py \
@@ -8,6 +8,7 @@ Launch on GPUs with accelerate, e.g.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from training.loop import train
 from utils.config import ConfigError, load_config
@@ -17,7 +18,7 @@ USAGE = __doc__ + "\nStage 1 and stage 2 share the loop; they differ only by the
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cfg = load_config(argv, default_config="configs/tiny/stage1.yaml", usage=USAGE)
+        cfg = load_config(argv, default_config=Path(__file__).parent / "configs/tiny/stage1.yaml", usage=USAGE)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
     train(cfg)

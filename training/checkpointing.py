@@ -343,13 +343,14 @@ def export_model(accelerator, model, export_dir: str | Path) -> Path | None:
         if tmp.exists():
             shutil.rmtree(tmp)
         unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(str(tmp))
-        # replace whatever weight file save_pretrained produced with the gathered state
-        for f in tmp.glob("*.safetensors"):
-            f.unlink()
-        for f in tmp.glob("*.bin"):
-            f.unlink()
-        save_state_dict(state, tmp / MODEL_FILE)
+        # PyTorchModelHubMixin.save_pretrained writes config.json + README, then calls _save_pretrained
+        # for the weights: route that to the gathered state (the module itself may be partitioned or
+        # flattened by DeepSpeed, which safetensors' save_model refuses).
+        unwrapped._save_pretrained = lambda d: save_state_dict(state, Path(d) / MODEL_FILE)
+        try:
+            unwrapped.save_pretrained(str(tmp))
+        finally:
+            del unwrapped._save_pretrained
         old = export_dir.with_name(f".old-{export_dir.name}")
         if export_dir.exists():
             if old.exists():

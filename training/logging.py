@@ -63,7 +63,7 @@ class RunLogger:
         *,
         is_main: bool,
         run_config: Mapping[str, Any] | None = None,
-        total_steps: int,
+        total_steps: int | None,
         initial_step: int = 0,
         run_name: str = "showo2",
         project: str = "showo2",
@@ -110,6 +110,11 @@ class RunLogger:
                 self.bar.update(advance)
             short = {k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "loss_ntp", "loss_flow", "samples_per_s")}
             self.bar.set_postfix(short, refresh=False)
+
+    def set_total(self, total: int) -> None:
+        if self.bar is not None:
+            self.bar.total = int(total)
+            self.bar.refresh()
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:

@@ -108,18 +108,24 @@ def build_model(cfg: DictConfig, vocab_size: int | None, log=print):
         overrides.setdefault("llm_vocab_size", int(vocab_size))
     overrides["gradient_checkpointing"] = bool(m.get("gradient_checkpointing", False))
     pre = m.get("pretrained") or {}
-    if pre.get("showo"):  # a released / exported Show-o2 (e.g. VIST fine-tuning from showlab/show-o2-1.5B)
-        model = Showo2Model.from_pretrained(str(pre.showo))
-    elif pre.get("llm") or pre.get("siglip") or pre.get("semantic_layers"):
-        from models.checkpoints import from_pretrained_backbones
+    if pre.get("showo"):  # a released (official layout) or exported Show-o2, e.g. VIST from showlab/show-o2-1.5B
+        from models.checkpoints import load_official_checkpoint
+
+        model = load_official_checkpoint(str(pre.showo), **({"gradient_checkpointing": True} if m.get("gradient_checkpointing") else {}))
+        model.train()
+    elif pre.get("llm") or pre.get("siglip"):
+        from models.checkpoints import from_pretrained_backbones, resolve_path
 
         config = Showo2Config.preset(str(m.preset), **overrides)
-        model = from_pretrained_backbones(
-            config, qwen=pre.get("llm"), siglip=pre.get("siglip"), semantic_layers_path=pre.get("semantic_layers")
-        )
+        model = from_pretrained_backbones(config, resolve_path(str(pre.llm)), resolve_path(str(pre.siglip)))
     else:
         torch.manual_seed(int(m.get("init_seed", 0)))  # same random init on every rank
         model = Showo2Model(Showo2Config.preset(str(m.preset), **overrides))
+    if pre.get("semantic_layers"):
+        from training.distill import load_semantic_layers
+
+        load_semantic_layers(model, str(pre.semantic_layers))  # strict: every expected key consumed (§8.1)
+        log(f"semantic layers loaded from {pre.semantic_layers}")
     init_from = cfg.experiment.get("init_from")
     if init_from:
         rep = ckpt.load_init_weights(model, init_from, list(cfg.experiment.get("params_not_load") or []))
@@ -167,6 +173,19 @@ def build_data(cfg: DictConfig, vocab_size: int, rank: int, world: int, seed: in
 
         return build_mixed_loader(d, rank=rank, world_size=world, seed=seed)
     raise ValueError(f"unknown data.source {d.source!r} (synthetic, mixed)")
+
+
+def resolve_max_steps(spec: Any, data) -> int:
+    """An int, or ``epoch:<source>``: one pass over that source's per-rank shard (official stage 2:
+    floor(N / (batch_size x world_size)) steps; no extra step at the end, quirk 8 fixed)."""
+    if isinstance(spec, str) and spec.startswith("epoch:"):
+        name = spec.split(":", 1)[1]
+        names = [s.name for s in getattr(data, "sources", [])]
+        if name not in names:
+            raise ValueError(f"max_train_steps={spec}: no data source named {name!r} (have {names})")
+        i = names.index(name)
+        return max(1, data.samplers[i].per_rank // data.sources[i].batch_size)
+    return int(spec)
 
 
 def _vocab_size(cfg: DictConfig) -> int | None:
@@ -242,11 +261,16 @@ def flow_inputs(batch: Mapping[str, Any], vae, gen: torch.Generator, cfg: DictCo
     xt = interpolate(x0, x1, t_dev)
     u = velocity_target(x0, x1)
     # i2v conditioning frames are clean
-    for i, row in enumerate(batch.get("visuals", [])):
-        for j, info in enumerate(row):
-            cf = int(getattr(info, "cond_frames", 0) or 0)
-            if cf and x1.ndim == 5:
-                xt[i * m + j, :, :cf] = x1[i * m + j, :, :cf]
+    cond = batch.get("cond_frames")
+    if cond is None:  # derive from the per-row VisualInfo lists
+        cond = torch.zeros(n, dtype=torch.long)
+        for i, row in enumerate(batch.get("visuals", [])):
+            for j, info in enumerate(row):
+                cond[i * m + j] = int(getattr(info, "cond_frames", 0) or 0)
+    if x1.ndim == 5:
+        for idx in torch.nonzero(cond > 0).flatten().tolist():
+            cf = int(cond[idx])
+            xt[idx, :, :cf] = x1[idx, :, :cf]
     # clean items carry no flow loss (also guards loaders that emit official all-ones masks)
     for idx in torch.nonzero(t_min >= 1.0).flatten().tolist():
         i, j = divmod(idx, m)
@@ -288,11 +312,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     set_seed(seed)
     gen = torch.Generator().manual_seed(seed)  # t, x0 and VAE-posterior noise: drawn on CPU, device-independent
 
-    max_steps = int(tr.max_train_steps)
     resume_path = ckpt.resolve_checkpoint(exp.get("resume_from_checkpoint"), out_dir)
     start_step = int(resume_path.name.split("-")[1]) if resume_path else 0
     logger = RunLogger(out_dir, cfg.get("logging", {}), is_main=accelerator.is_main_process, run_config=to_plain(cfg),
-                       total_steps=max_steps, initial_step=start_step, run_name=str(exp.name), project=str(exp.get("project", "showo2")))
+                       total_steps=None, initial_step=start_step, run_name=str(exp.name), project=str(exp.get("project", "showo2")))
     log = logger.info
 
     vocab = _vocab_size(cfg)
@@ -301,7 +324,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     counts = trainable_summary(model)
     log(f"model: {counts['trainable']:,} trainable / {counts['frozen']:,} frozen parameters ({len(frozen)} frozen tensors)")
     vae = build_vae(cfg, device)
-    data = build_data(cfg, vocab or 0, rank, world, seed)
+    data = build_data(cfg, vocab or 0, rank, world, int(tr.seed))  # one permutation for all ranks, then sharded
+    max_steps = resolve_max_steps(tr.max_train_steps, data)
+    logger.set_total(max_steps)
+    log(f"max_train_steps = {max_steps}")
     optimizer = build_optimizer(model, to_plain(cfg.optimizer))
     scheduler = build_scheduler(optimizer, to_plain(cfg.lr_scheduler), max_steps)
     # The scheduler is stepped by us once per optimizer step (not passed to prepare: accelerate would
