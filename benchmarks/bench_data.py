@@ -53,7 +53,8 @@ def make_data(root: Path, n: int, src: int, fmt: str, seed: int = 0) -> Path:
     return jl
 
 
-def run(n: int, res: int, src: int, workers: list[int], batch: int, fmt: str, epochs: int) -> dict[str, Any]:
+def run(n: int, res: int, src: int, workers: list[int], batch: int, fmt: str, epochs: int,
+        fast: tuple[bool, ...] = (False,)) -> dict[str, Any]:
     preset = RESOLUTION_PRESETS.get(res)
     max_len = preset.max_seq_len if preset else 1024
     rows = []
@@ -64,8 +65,8 @@ def run(n: int, res: int, src: int, workers: list[int], batch: int, fmt: str, ep
         gen_s = time.perf_counter() - t0
         tok, sp = load_tokenizer(build_demo_tokenizer(CAPTIONS * 20, root / "tok", 486))
         builder = SequenceBuilder(sp, tokenizer=tok, max_seq_len=max_len)
-        for w in workers:
-            ds = ImageTextDataset(jl, builder, resolution=res, cond_dropout_prob=0.1)
+        for w, f in [(w, f) for f in fast for w in workers]:
+            ds = ImageTextDataset(jl, builder, resolution=res, cond_dropout_prob=0.1, fast_jpeg_decode=f)
             dl = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=w, collate_fn=Collator(sp.pad),
                             drop_last=True, persistent_workers=w > 0)
             next(iter(dl))  # warm-up: worker start, tokenizer, first decode
@@ -74,7 +75,7 @@ def run(n: int, res: int, src: int, workers: list[int], batch: int, fmt: str, ep
                 for b in dl:
                     count += b["input_ids"].shape[0]
             dt = time.perf_counter() - t
-            rows.append({"workers": w, "samples": count, "seconds": round(dt, 3),
+            rows.append({"workers": w, "fast_jpeg_decode": f, "samples": count, "seconds": round(dt, 3),
                          "samples_per_s": round(count / dt, 1), "batch": batch})
     return {"benchmark": "image_text_loader", "n_images": n, "src_px": [src * 5 // 4, src], "resolution": res,
             "format": fmt, "max_seq_len": max_len, "data_gen_s": round(gen_s, 2), "results": rows,
@@ -90,15 +91,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--format", choices=["jpg", "png"], default="jpg")
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--fast", action="store_true", help="also time DCT-scaled JPEG decoding (not bit-exact)")
     ap.add_argument("--out", default="outputs/bench_data.json")
     a = ap.parse_args(argv)
-    result = run(a.n, a.res, a.src, a.workers, a.batch, a.format, a.epochs)
+    result = run(a.n, a.res, a.src, a.workers, a.batch, a.format, a.epochs, (False, True) if a.fast else (False,))
     print(f"image-text loader: {a.n} {a.format} images {result['src_px'][0]}x{result['src_px'][1]} -> {a.res}^2, "
           f"batch {a.batch}, cpu threads {result['machine']['cpu_threads']}, "
           f"load {result['machine'].get('loadavg_1m', float('nan')):.1f}")
-    print(f"{'workers':>8} {'samples':>8} {'seconds':>8} {'samples/s':>10}")
+    print(f"{'workers':>8} {'fast_jpeg':>10} {'samples':>8} {'seconds':>8} {'samples/s':>10}")
     for r in result["results"]:
-        print(f"{r['workers']:>8} {r['samples']:>8} {r['seconds']:>8.2f} {r['samples_per_s']:>10.1f}")
+        print(f"{r['workers']:>8} {str(r['fast_jpeg_decode']):>10} {r['samples']:>8} {r['seconds']:>8.2f} "
+              f"{r['samples_per_s']:>10.1f}")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

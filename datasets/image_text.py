@@ -33,10 +33,10 @@ BOILERPLATE: tuple[str, ...] = (
 )
 
 
-def clean_caption(text: str, remove_boilerplate: bool) -> str:
-    """Delete newlines (no space inserted, quirk 12) and, for t2i, the boilerplate phrases anywhere
-    in the caption (quirk 13). Nothing is re-capitalised."""
-    text = text.replace("\n", "")
+def clean_caption(text: str, remove_boilerplate: bool, newline: str = "") -> str:
+    """Delete newlines (no space inserted by default, quirk 12; ``newline=" "`` is the fix) and, for
+    t2i, the boilerplate phrases anywhere in the caption (quirk 13). Nothing is re-capitalised."""
+    text = text.replace("\n", newline)
     if remove_boilerplate:
         for phrase in BOILERPLATE:
             text = text.replace(phrase, "")
@@ -66,6 +66,8 @@ class ImageTextDataset(RobustDataset):
         latent_cache: Any = None,
         strict_modes: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        caption_newline: str = "",
+        fast_jpeg_decode: bool = False,
         counter: BadSampleCounter | None = None,
     ) -> None:
         super().__init__(counter)
@@ -83,6 +85,8 @@ class ImageTextDataset(RobustDataset):
         self.latent_cache = open_latent_cache(latent_cache)
         self.strict_modes = strict_modes
         self.max_pixels = max_pixels
+        self.caption_newline = caption_newline  # "" = reference (quirk 12); " " keeps words apart
+        self.fast_jpeg_decode = fast_jpeg_decode  # DCT-scaled JPEG decode (faster, not bit-exact)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -92,7 +96,7 @@ class ImageTextDataset(RobustDataset):
         cap = rec["prompt"]
         if not isinstance(cap, str):
             raise SampleError("bad_caption", f"prompt is {type(cap).__name__}")
-        cap = clean_caption(cap, remove_boilerplate=self.task == "t2i")
+        cap = clean_caption(cap, remove_boilerplate=self.task == "t2i", newline=self.caption_newline)
         if not cap.strip():
             raise SampleError("empty_caption")
         if self.cond_dropout_prob > 0 and seeded_rng(self.seed, idx, self.epoch).random() < self.cond_dropout_prob:
@@ -109,8 +113,8 @@ class ImageTextDataset(RobustDataset):
             attach_latents(item, [(lat, logvar)])
         else:
             path = resolve_path(self.root, rec["path"])
-            img = load_image(path, strict=self.strict_modes, min_size=self.min_size,
-                             max_pixels=self.max_pixels)
+            img = load_image(path, strict=self.strict_modes, min_size=self.min_size, max_pixels=self.max_pixels,
+                             draft_size=self.resolution if self.fast_jpeg_decode else None)
             item["pixels"] = [preprocess_image(img, self.resolution, "crop")]
             visual = VisualInfo.for_resolution(self.resolution)
         if self.task == "t2i":

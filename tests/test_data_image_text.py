@@ -228,3 +228,13 @@ def test_real_latent_cache_directory(tmp_path, tok):
     assert "latents" not in batch and "pixels" not in batch and batch["t_min"].tolist() == [0.0, 0.0]
     assert ds[2]["index"] == 0 and ds.counter.counts["missing_latent"] == 1
     assert ds[1]["sequence"].modality_positions[0, 1] == 17
+
+
+def test_newline_switch_and_fast_jpeg_decode(tmp_path):
+    assert clean_caption("a\nb", False, newline=" ") == "a b"
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8))
+    im.save(tmp_path / "x.jpg", quality=90)
+    full = load_image(tmp_path / "x.jpg")
+    fast = load_image(tmp_path / "x.jpg", draft_size=64)
+    assert full.size == (300, 200) and min(fast.size) >= 64 and fast.size[0] < 300
+    assert resize_center_crop(fast, 64).size == (64, 64)
