@@ -256,3 +256,69 @@ def test_text_only_row(fx):
     s = SequenceBuilder(sp, max_seq_len=10).text([1, 2, 3])
     assert s.input_ids.tolist() == [sp.bos, 1, 2, 3, sp.eos] + [sp.pad] * 5
     assert s.labels.tolist()[:5] == [IGNORE_INDEX, 1, 2, 3, sp.eos] and s.modality_positions.shape == (0, 2)
+
+
+def test_chat_dropping_a_turn_drops_its_image(fx):
+    _, _, sp, chat = fx
+    b = SequenceBuilder(sp, chat, max_seq_len=60)
+    turns = [("human", [sp.img, 10, 40]), ("gpt", [50]), ("human", [sp.img, 41]), ("gpt", [51])]
+    s = b.chat(turns, [VisualInfo.image(16, source_index=0), VisualInfo.image(16, source_index=1)])
+    assert [v.source_index for v in s.visuals] == [0] and s.modality_positions.shape == (1, 2)
+    assert len(s) == 60 and s.labels[s.labels != IGNORE_INDEX].tolist() == [50, sp.eos]
+    # every slot is a complete block: [boi] placeholders [eoi]
+    off, ln = s.modality_positions[0].tolist()
+    assert s.input_ids[off - 1] == sp.boi and (s.input_ids[off:off + ln] == sp.img_pad).all()
+    assert s.input_ids[off + ln] == sp.eoi
+
+
+def test_random_layouts_keep_invariants(fx):
+    """Fuzz: whatever the text lengths, a row is either a SampleError or well formed (never a cut block)."""
+    import random
+
+    _, _, sp, chat = fx
+    rng = random.Random(0)
+    n_ok = 0
+    for _ in range(300):
+        pad = rng.choice([None, 40, 64, 128])
+        b = SequenceBuilder(sp, chat, max_seq_len=pad, source_max_len=rng.choice([None, 8]),
+                            target_max_len=rng.choice([None, 6]))
+        toks = lambda k: [rng.randrange(0, 480) for _ in range(k)]  # noqa: E731
+        kind = rng.choice(["t2i", "caption", "chat", "interleaved", "t2v"])
+        n_img = rng.randint(1, 3)
+        try:
+            if kind == "t2i":
+                s = b.t2i(toks(rng.randint(0, 80)), 16)
+            elif kind == "caption":
+                s = b.caption(toks(rng.randint(1, 80)), 16)
+            elif kind == "t2v":
+                s = b.t2v(toks(rng.randint(0, 40)), VisualInfo.video(4, rng.randint(1, 3)))
+            elif kind == "interleaved":
+                s = b.interleaved([toks(rng.randint(0, 20)) for _ in range(n_img)], [VisualInfo.image(4)] * n_img,
+                                  flag=[1, 2])
+            else:
+                turns = []
+                for k in range(rng.randint(1, 3)):
+                    user = ([sp.img] if k < n_img and rng.random() < 0.7 else []) + toks(rng.randint(0, 15))
+                    turns += [("human", user), ("gpt", toks(rng.randint(1, 30)))]
+                tags = sum(t.count(sp.img) for r, t in turns if r == "human")
+                s = b.chat(turns, [VisualInfo.image(4, source_index=i) for i in range(tags)],
+                           mode=rng.choice(["tuning", "pre-training"]))
+        except SampleError as e:
+            assert e.reason in ("too_long",)
+            continue
+        n_ok += 1
+        n = len(s)
+        assert s.labels.shape == s.input_ids.shape == s.image_masks.shape
+        if pad is not None:
+            assert n == pad
+        for (off, ln), v in zip(s.modality_positions.tolist(), s.visuals):
+            assert ln == v.block_len and off + ln < n
+            assert s.input_ids[off - 1].item() in (sp.boi, sp.bov)
+            assert s.input_ids[off + ln].item() in (sp.eoi, sp.eov)
+            assert set(s.input_ids[off:off + ln].tolist()) <= {sp.img_pad, sp.vid_pad}
+        assert s.input_ids[s.unpadded_len - 1].item() == sp.eos
+        assert (s.input_ids[s.unpadded_len:] == sp.pad).all() and (s.labels[s.unpadded_len:] == IGNORE_INDEX).all()
+        if kind == "chat":
+            sup = s.labels[s.labels != IGNORE_INDEX]
+            assert sup[-1].item() == sp.eos and sp.img_pad not in sup.tolist()
+    assert n_ok > 150
