@@ -469,12 +469,21 @@ class SequenceBuilder:
         if mode == "pre-training":
             uids = [[sp.img] * u.count(sp.img) if sp.img in u else u for u in uids]
 
+        if not uids:
+            self.stats["bad_conversation"] += 1
+            raise SampleError("bad_conversation", "no (user, assistant) pair")
+
         # per-turn limits (reference: 512 each) -- text only, image tags are kept
-        if self.source_max_len is not None:
+        truncated = 0
+        if self.source_max_len is not None and any(len(u) > self.source_max_len for u in uids):
+            truncated += sum(max(0, len(u) - self.source_max_len) for u in uids)
             uids = [_cut_keep(u, self.source_max_len, sp.img) for u in uids]
-        if self.target_max_len is not None:
+            self._note("truncated_text", f"chat: user turn cut to {self.source_max_len} tokens")
+        if self.target_max_len is not None and any(len(a) > self.target_max_len - 1 for a in aids):
             # the answer keeps its <|im_end|> (reference cuts it; fixed)
+            truncated += sum(max(0, len(a) - self.target_max_len + 1) for a in aids)
             aids = [a[: self.target_max_len - 1] for a in aids]
+            self._note("truncated_text", f"chat: answer cut to {self.target_max_len} tokens incl. <|im_end|>")
 
         if mode == "tuning" and self.chat_ids is None:
             raise ValueError("tuning chat layout needs ChatIds (or a tokenizer)")
@@ -498,7 +507,6 @@ class SequenceBuilder:
             return len(src) + extra + (len(tgt) if tgt else 0)
 
         # fit: drop trailing pairs, then cut the last answer (keeping its eos)
-        truncated = 0
         if pad is not None:
             def total(pcs: list[tuple[list[int], list[int] | None]]) -> int:
                 n, vi = 1, 0
