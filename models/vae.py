@@ -310,6 +310,10 @@ class WanVAE(nn.Module):
         source: a free-form description of where the weights came from (recorded by the latent cache).
     """
 
+    latent_channels = LATENT_CHANNELS
+    spatial_stride = SPATIAL_STRIDE
+    temporal_stride = TEMPORAL_STRIDE
+
     def __init__(
         self,
         vae: nn.Module,
@@ -423,8 +427,10 @@ class WanVAE(nn.Module):
                         f" nor a folder with exactly one weight file (found {[p.name for p in files]})"
                     )
                 vae = cls._load_original_file(files[0], dtype=dtype, config=config)
-        elif src.startswith((".", "/", "~")) or os.sep + os.sep in src:
-            raise FileNotFoundError(f"VAE source {src} does not exist")
+        elif src.startswith((".", "/", "~")) or (path.suffix in _WEIGHT_SUFFIXES and len(src.split("/")) < 3):
+            raise FileNotFoundError(
+                f"VAE source {src} does not exist (a hub file is written owner/repo/path/file{path.suffix})"
+            )
         else:
             vae = cls._load_from_hub(
                 src, dtype=dtype, config=config, subfolder=subfolder, local_files_only=local_files_only
