@@ -19,6 +19,15 @@ from models.showo2 import Showo2Model
 FIX = Path(__file__).parent / "fixtures" / "parity"
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on shared CPUs (40x faster here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 @functools.lru_cache(maxsize=None)
 def weights() -> dict[str, torch.Tensor]:
     return load_file(str(FIX / "weights.safetensors"))
