@@ -69,10 +69,10 @@ def test_bf16_forward_close_to_fp32():
     out = mb(**batch())
     assert out.logits.dtype == torch.bfloat16 and out.v_tokens.dtype == torch.bfloat16
     assert torch.isfinite(out.logits.float()).all() and torch.isfinite(out.v_tokens.float()).all()
-    assert rel_rms(out.logits, ref.logits) < 0.05
-    assert rel_rms(out.v_tokens, ref.v_tokens) < 0.05
+    assert rel_rms(out.logits, ref.logits) < 0.06
+    assert rel_rms(out.v_tokens, ref.v_tokens) < 0.06
     pb = load(rope_bf16_parity=True).to(torch.bfloat16)
-    assert rel_rms(pb(**batch()).v_tokens, ref.v_tokens) < 0.05
+    assert rel_rms(pb(**batch()).v_tokens, ref.v_tokens) < 0.06
 
 
 def test_bf16_training_step_backward():
