@@ -67,11 +67,9 @@ class FlowAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        rep = self.num_heads // self.num_kv_heads
-        if rep > 1:   # head g serves query heads g*rep .. g*rep+rep-1
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # GQA without materialising repeated K/V: KV head g serves query heads g*rep .. g*rep+rep-1
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             enable_gqa=self.num_heads != self.num_kv_heads)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
