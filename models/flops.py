@@ -130,7 +130,8 @@ class RowSpec:
 
     q_len: positions computed in this forward (the chunk after any cached prefix).
     kv_len: keys each query attends over (cached prefix + q_len); None = q_len.
-    logits: positions whose LM-head logits are formed (training: supervised targets only; decoding: 1).
+    logits: positions whose LM-head logits are formed and trained (the loss path: supervised targets only).
+    extra_logits: logits formed but outside the loss (``out.logits`` of a training call, decoding): forward only.
     flow: whether the flow head runs on this row (it then runs on all ``q_len`` positions).
     useful_attention_fraction: share of (query, key) pairs the mask allows; only used for the "useful" figure.
     """
@@ -140,6 +141,7 @@ class RowSpec:
     logits: int = 0
     flow: bool = True
     useful_attention_fraction: float = 1.0
+    extra_logits: int = 0
 
     @property
     def keys(self) -> int:
@@ -190,6 +192,7 @@ class FlopCount:
     parts: dict[str, float]
     useful_attention: float = 0.0     # attention FLOPs on mask-allowed pairs only (forward units)
     training: bool = False
+    forward_only: float = 0.0         # part of ``parts`` that has no backward (logits outside the loss)
 
     @property
     def total(self) -> float:
@@ -199,13 +202,9 @@ class FlopCount:
     def attention(self) -> float:
         return float(sum(v for k, v in self.parts.items() if k.endswith("attention")))
 
-    def scaled(self, factor: float, training: bool | None = None) -> FlopCount:
-        return FlopCount({k: v * factor for k, v in self.parts.items()}, self.useful_attention * factor,
-                         self.training if training is None else training)
-
     def to_dict(self) -> dict[str, Any]:
         return {"total": self.total, "attention": self.attention, "useful_attention": self.useful_attention,
-                "training": self.training, "parts": dict(self.parts)}
+                "training": self.training, "forward_only": self.forward_only, "parts": dict(self.parts)}
 
 
 def forward_flops(dims: ModelDims, work: Workload) -> FlopCount:
@@ -243,7 +242,8 @@ def forward_flops(dims: ModelDims, work: Workload) -> FlopCount:
         att = 2 * 2 * d.llm_layers * d.llm_heads * d.llm_head_dim * q * kv
         parts["llm_attention"] += att
         useful += att * r.useful_attention_fraction
-        parts["lm_head"] += 2 * r.logits * d.hidden * d.vocab
+        parts["lm_head"] += 2 * (r.logits + r.extra_logits) * d.hidden * d.vocab
+        parts["lm_head_unused"] = parts.get("lm_head_unused", 0.0) + 2 * r.extra_logits * d.hidden * d.vocab
         # --- flow head ---------------------------------------------------------------------------------------
         if r.flow:
             if d.has_diff_proj:
@@ -256,12 +256,17 @@ def forward_flops(dims: ModelDims, work: Workload) -> FlopCount:
     if any_flow:
         # adaLN parameters are computed once per visual item and gathered per position (not per position)
         parts["flow_adaln"] += 2 * ti * d.flow_hidden * (6 * d.flow_layers + 2) * d.flow_hidden
-    return FlopCount(parts, useful, training=False)
+    unused = parts.pop("lm_head_unused", 0.0)
+    return FlopCount(parts, useful, training=False, forward_only=unused)
 
 
 def training_flops(dims: ModelDims, work: Workload) -> FlopCount:
-    """Forward + backward of one training step = 3 x forward (see module docstring)."""
-    return forward_flops(dims, work).scaled(3.0, training=True)
+    """Forward + backward of one training step = 3 x forward (see module docstring), except logits formed outside
+    the loss (``extra_logits``), which get no backward."""
+    fwd = forward_flops(dims, work)
+    parts = {k: 3.0 * v for k, v in fwd.parts.items()}
+    parts["lm_head"] -= 2.0 * fwd.forward_only
+    return FlopCount(parts, 3.0 * fwd.useful_attention, training=True, forward_only=fwd.forward_only)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -302,12 +307,11 @@ def workload_from_batch(
     per_row = [0] * b
     if text_labels is not None:
         per_row = (text_labels[:, 1:] != -100).sum(dim=1).tolist()
-    if compute_logits:
-        per_row = [n + (length if logits_per_row is None else logits_per_row) for n in per_row]
+    extra = (length if logits_per_row is None else logits_per_row) if compute_logits else 0
     rows = []
     for i in range(b):
         mp = modality_positions[i] if modality_positions is not None else None
-        rows.append(RowSpec(length, None, int(per_row[i]), compute_flow, _omni_fraction(mp, length)))
+        rows.append(RowSpec(length, None, int(per_row[i]), compute_flow, _omni_fraction(mp, length), extra))
     visuals: list[VisualSpec] = []
     if image_latents is not None:
         shape = tuple(image_latents.shape) if isinstance(image_latents, torch.Tensor) else tuple(image_latents)
