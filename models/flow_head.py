@@ -6,6 +6,7 @@ tensor `item_index` (B, L): 0 = outside every block (shift = scale = 0, gate = 1
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -41,6 +42,13 @@ def place_modulation(params: torch.Tensor, item_index: torch.Tensor, defaults: t
     return table[item_index]
 
 
+@functools.lru_cache(maxsize=None)
+def _flex(device_type: str):
+    """flex_attention, compiled on accelerators (the eager version materialises the full score matrix)."""
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention) if device_type != "cpu" else flex_attention
+
+
 class FlowAttention(nn.Module):
     """GQA attention with per-head q/k RMSNorm (before RoPE) and an optional DynamicCache."""
 
@@ -67,9 +75,11 @@ class FlowAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        # GQA without materialising repeated K/V: KV head g serves query heads g*rep .. g*rep+rep-1
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             enable_gqa=self.num_heads != self.num_kv_heads)
+        gqa = self.num_heads != self.num_kv_heads   # KV head g serves query heads g*rep .. g*rep+rep-1
+        if isinstance(mask, torch.Tensor):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        else:   # a flex-attention BlockMask (inference fast path)
+            out = _flex(q.device.type)(q, k, v, block_mask=mask, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
-from .attention import omni_attention_mask
+from .attention import flex_block_mask, omni_attention_mask
 from .config import Showo2Config
 from .flow_head import FinalLayer, ModulatedAttentionBlock, TimestepEmbedder
 from .layout import VisualLayout, build_layout, gather_slots
@@ -87,6 +87,7 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
                                  "flow": flow_head_inv_freq(c.flow_head)}
         self.flow_rotary = RotaryEmbedding(self._rope_tables["flow"].clone())
         self._pos_table = PositionTable()
+        self.attention_backend = "sdpa"
         self._init_weights()
         self._refresh_rope()
         if c.gradient_checkpointing:
@@ -130,6 +131,15 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         super()._apply(fn, recurse)
         self._refresh_rope()
         return self
+
+    def set_attention_backend(self, backend: str) -> None:
+        """"sdpa" (default; dense bool masks, training) or "flex" (inference only: the default mask becomes a
+        flex-attention BlockMask for the LLM and the flow head; SigLIP keeps sdpa). Custom `attention_mask`
+        arguments must then be BlockMasks too (see `attention.flex_block_mask`)."""
+        if backend not in ("sdpa", "flex"):
+            raise ValueError(f"unknown attention backend {backend!r}")
+        self.showo.set_attn_implementation("flex_attention" if backend == "flex" else "sdpa")
+        self.attention_backend = backend
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute LLM layers, SigLIP layers and flow-head blocks in backward."""
@@ -285,7 +295,13 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
             inputs_embeds = self.scatter_visual(inputs_embeds, layout, time_tok, visual)
 
         mask = attention_mask
-        if mask is None:
+        if mask is None and self.attention_backend == "flex":
+            if torch.is_grad_enabled() and self.training:
+                raise RuntimeError("the flex attention backend is for inference; use sdpa for training")
+            mp = modality_positions if modality_positions is not None else \
+                torch.zeros(bsz, 0, 2, dtype=torch.long, device=device)
+            mask = flex_block_mask(mp, q_len, kv_len, position_offset, device)
+        elif mask is None:
             mask = omni_attention_mask(modality_positions, q_len, kv_len, position_offset, device,
                                        batch_size=bsz).expand(bsz, 1, q_len, kv_len)
         if position_ids is None:

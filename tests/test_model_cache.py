@@ -149,3 +149,30 @@ def test_left_padded_prefix_cache_reproduces_official_cfg_rows():
     v = m.extract_velocity(out.v_tokens, mp_pad, (16, 8, 8), position_offset=prefix)
     ref = torch.cat([io["cfg.v_cond"], io["cfg.v_uncond"]])
     assert torch.allclose(v, ref, atol=1e-4, rtol=1e-4), (v - ref).abs().max()
+
+
+@pytest.mark.slow   # transformers compiles flex_attention even on CPU: ~1-2 min of compilation here
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@torch.no_grad()
+def test_flex_backend_matches_sdpa():
+    """Inference fast path: flex BlockMasks in LLM and flow head == dense sdpa, full pass and cached chunks."""
+    ids, mp = t2i_batch(7)
+    z, t = torch.randn(2, 16, 8, 8), torch.full((2,), 0.6)
+    m = model()
+    ref = m(ids, image_latents=z, t=t, modality_positions=mp)
+    ref_dec = m(ids[:, :5], use_cache=True, compute_flow=False)
+    ref_dec = m(ids[:, 5:6], past_key_values=ref_dec.past_key_values, compute_flow=False)
+    try:
+        m.set_attention_backend("flex")
+        got = m(ids, image_latents=z, t=t, modality_positions=mp)
+        pre = m(ids[:, :7], modality_positions=mp, use_cache=True, compute_logits=False)
+        blk = m(ids[:, 7:24], image_latents=z, t=t, modality_positions=mp, past_key_values=pre.past_key_values,
+                flow_past_key_values=pre.flow_past_key_values, update_cache=False, compute_logits=False)
+        dec = m(ids[:, :5], use_cache=True, compute_flow=False)
+        dec = m(ids[:, 5:6], past_key_values=dec.past_key_values, compute_flow=False)
+    finally:
+        m.set_attention_backend("sdpa")
+    assert torch.allclose(got.logits, ref.logits, atol=1e-5)
+    assert torch.allclose(got.v_tokens, ref.v_tokens, atol=1e-5)
+    assert torch.allclose(blk.v_tokens, ref.v_tokens[:, 7:24], atol=1e-5)
+    assert torch.allclose(dec.logits, ref_dec.logits, atol=1e-5)
