@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datasets.sequence import RESOLUTION_PRESETS, SequenceBuilder, VisualInfo, token_grid
+from datasets.sequence import RESOLUTION_PRESETS, SequenceBuilder, VisualInfo
 from datasets.tokenizer import ChatIds, SpecialTokens
 from flow.samplers import SAMPLERS, make_noise
 from generation.image import VisualRow, generate_visual
@@ -66,6 +66,21 @@ def check_resolution(resolution: int) -> None:
         lo = (int(resolution) // step) * step if isinstance(resolution, int | float) else 0
         hint = f" (nearest: {lo} or {lo + step})" if lo > 0 else f" (e.g. {step * 27})"
         raise InputError(f"resolution must be a positive multiple of {step}, got {resolution!r}{hint}")
+
+
+def _training_run_tokenizer(folder: Path) -> str | None:
+    """A training export (``<run>/export``) has no tokenizer files; the run's ``config.yaml`` names it."""
+    for cfg_file in (folder / "config.yaml", folder.parent / "config.yaml"):
+        if cfg_file.is_file():
+            try:
+                from omegaconf import OmegaConf
+
+                tok = OmegaConf.select(OmegaConf.load(cfg_file), "data.tokenizer")
+            except Exception:  # noqa: BLE001 - an unrelated yaml: ignore
+                continue
+            if tok:
+                return str(tok)
+    return None
 
 
 class Showo2Pipeline:
@@ -146,8 +161,14 @@ class Showo2Pipeline:
                     tokenizer_path = cand
                     break
         if tokenizer_path is None:
+            tokenizer_path = _training_run_tokenizer(folder)
+        if tokenizer_path is None:
             tokenizer_path = model.config.llm_model_path
-        tokenizer, special = load_tokenizer(str(tokenizer_path))
+        try:
+            tokenizer, special = load_tokenizer(str(tokenizer_path))
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot load the tokenizer {tokenizer_path!r} (pass tokenizer_path=...): "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         if special.vocab_size > model.config.llm_vocab_size:
             raise InputError(f"tokenizer has {special.vocab_size} tokens but the model only "
                              f"{model.config.llm_vocab_size} rows (wrong tokenizer for this checkpoint?)")
