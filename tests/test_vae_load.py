@@ -86,3 +86,21 @@ def test_hub_id_offline_fails_clearly(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     with pytest.raises(OSError, match="could not load a Wan VAE from hub id"):
         WanVAE.load("some-org/some-wan-vae-that-is-not-cached")
+
+
+@pytest.mark.slow
+def test_full_size_original_pth_round_trip(tmp_path: Path) -> None:
+    """Full Wan2.1 architecture (127 M random weights, ~500 MB file) through the real-file loading path."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    full = AutoencoderKLWan()
+    sd = full.state_dict()
+    torch.save(wan_vae_diffusers_to_original(sd), tmp_path / "Wan2.1_VAE.pth")
+    del full
+    v = WanVAE.load(tmp_path / "Wan2.1_VAE.pth")
+    assert v.config["base_dim"] == 96 and sum(p.numel() for p in v.parameters()) > 120e6
+    got = v.vae.state_dict()
+    assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
+    z = v.encode(torch.zeros(1, 3, 16, 16), sample=False)
+    assert z.shape == (1, 16, 2, 2)
