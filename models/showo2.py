@@ -193,6 +193,21 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
             fused = grid.flatten(2).transpose(1, 2)
         return fused.reshape(n_items, -1, fused.shape[-1])
 
+    def _encode_needed(self, latents: torch.Tensor, layout: VisualLayout,
+                       pool_to: tuple[int, int] | None) -> torch.Tensor:
+        """`encode_visual` for the items whose visual tokens land in this chunk only (padding-slot dummies and
+        blocks outside the chunk are skipped); the rest of the (N, n, H) table stays zero (never read)."""
+        sel = (layout.emb_item >= 0) & (layout.emb_local > 0)
+        need = torch.zeros(latents.shape[0], dtype=torch.bool, device=latents.device)
+        need[layout.emb_item[sel]] = True
+        if bool(need.all()):
+            return self.encode_visual(latents, pool_to)
+        idx = need.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return latents.new_zeros(latents.shape[0], 0, self.config.hidden_size, dtype=self.dtype)
+        part = self.encode_visual(latents[idx], pool_to)
+        return part.new_zeros(latents.shape[0], *part.shape[1:]).index_copy(0, idx, part)
+
     def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """t (N,) -> (t_emb (N, D_f) for adaLN, time token (N, H) for the LLM input)."""
         t_emb = self.time_embed(t.reshape(-1))
@@ -291,7 +306,7 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
             if t is None or layout is None:
                 raise ValueError("image_latents need t and modality_positions")
             t_emb, time_tok = self.embed_time(t.to(device))
-            visual = self.encode_visual(image_latents.to(device), pool_to=visual_pool)
+            visual = self._encode_needed(image_latents.to(device), layout, visual_pool)
             inputs_embeds = self.scatter_visual(inputs_embeds, layout, time_tok, visual)
 
         mask = attention_mask

@@ -196,3 +196,18 @@ def test_video_understanding_pooling():
     out = model(torch.randint(0, 480, (1, 20)), image_latents=vid, t=torch.ones(1), modality_positions=mp,
                 visual_pool=(2, 2), compute_flow=False)
     assert out.logits.shape == (1, 20, 512)
+
+
+@torch.no_grad()
+def test_padding_slot_items_are_not_encoded():
+    """Dummy latents of (0, 0) slots never influence outputs (they are skipped, not just overwritten)."""
+    torch.manual_seed(0)
+    model = Showo2Model(Showo2Config.preset("tiny")).eval()
+    mp = torch.tensor([[[1, 17], [0, 0]], [[2, 17], [0, 0]]])
+    ids = torch.randint(0, 480, (2, 24))
+    lat = torch.randn(4, 16, 8, 8)
+    lat2 = lat.clone()
+    lat2[1] = 1e6   # a dummy item: would blow up any output it reached
+    b = model(ids, image_latents=lat2, t=torch.full((4,), 0.5), modality_positions=mp)
+    c = model(ids, image_latents=lat, t=torch.full((4,), 0.5), modality_positions=mp)
+    assert torch.equal(b.v_tokens, c.v_tokens) and torch.equal(b.logits, c.logits)
