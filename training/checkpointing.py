@@ -4,7 +4,7 @@ Layout of ``<output_dir>/checkpoint-<step>/`` (``<step>`` = optimizer steps done
 
     model.safetensors          full model weights (unwrapped; 16-bit under DeepSpeed, as the engine holds them)
     optimizer.pt               optimizer state (single process / DDP; tensors + numbers, read weights_only)
-    deepspeed/ | accelerate/   engine-owned sharded optimizer state under DeepSpeed / FSDP (see below)
+    deepspeed/                 engine-owned sharded optimizer state under DeepSpeed (see below)
     scheduler.json             LR-scheduler state
     rng_rank<r>.json/.safetensors   per-rank python / numpy / torch / cuda RNG + the run's own generators
     data_rank<r>.json          per-rank data-loader position (loader ``state_dict()``)
@@ -17,8 +17,8 @@ rename leaves only a temp folder, which ``latest`` ignores (it also ignores fold
 must be shared between ranks (multi-node runs write to one shared ``output_dir``).
 
 Security: nothing we read is unpickled with code execution: safetensors + JSON, and ``torch.load(...,
-weights_only=True)`` for the optimizer. Exception: DeepSpeed/FSDP sharded optimizer states are written
-and read by the library's own routines (pickle-based); only resume from checkpoints you produced.
+weights_only=True)`` for the optimizer (FSDP: gathered full state). Exception: DeepSpeed's sharded
+optimizer states are written and read by DeepSpeed (pickle-based); only resume from checkpoints you produced.
 """
 
 from __future__ import annotations
@@ -139,7 +139,10 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> None
     out: dict[str, torch.Tensor] = {}
     for k, v in state.items():
         v = v.detach()
-        key = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else (id(v), 0)
+        try:
+            key = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else (id(v), 0)
+        except RuntimeError:  # storage not addressable from python (e.g. gathered FSDP views): own copy
+            key, v = (id(v), 0), v.clone()
         if key in seen or not v.is_contiguous():
             v = v.contiguous().clone()
         seen.add(key)
@@ -165,14 +168,35 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
-def _backend(accelerator) -> str:
+def _backend(accelerator, model=None) -> str:
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         return "deepspeed"
     if accelerator.distributed_type == DistributedType.FSDP:
         return "fsdp"
+    if model is not None and any(hasattr(p, "placements") for p in model.parameters()):  # FSDP2 DTensors
+        return "fsdp"
     return "plain"
+
+
+def full_state_dict(accelerator, model) -> dict[str, torch.Tensor]:
+    """Gathered full model state (collective). FSDP goes through torch.distributed.checkpoint directly
+    (full tensors on CPU on rank 0); everything else through accelerate (ZeRO-3: 16-bit gather)."""
+    if _backend(accelerator, model) == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
+        # tied weights (lm_head = embed_tokens) can come back still sharded: gather them on every rank
+        sd = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in sd.items()}
+        return {k: v.cpu() for k, v in sd.items()} if accelerator.is_main_process else {}
+    return accelerator.get_state_dict(model)
+
+
+def _fsdp_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
 
 
 def _write_meta(tmp: Path, meta: Mapping[str, Any]) -> None:
@@ -202,7 +226,7 @@ def save_checkpoint(
     final = out / f"checkpoint-{step}"
     tmp = out / f".tmp-checkpoint-{step}"
     rank = accelerator.process_index
-    backend = _backend(accelerator)
+    backend = _backend(accelerator, model)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if tmp.exists():  # leftover of a crashed write
@@ -211,14 +235,19 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
 
     # weights: gathered full state dict (collective under ZeRO-3 / FSDP)
-    state = accelerator.get_state_dict(model)
+    state = full_state_dict(accelerator, model)
     if accelerator.is_main_process:
         save_state_dict(state, tmp / MODEL_FILE)
     del state
     if backend == "deepspeed":
         model.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False)
-    elif backend == "fsdp":
-        accelerator.save_state(str(tmp / "accelerate"), safe_serialization=True)
+    elif backend == "fsdp":  # full optimizer state gathered to rank 0 (fine for the sizes FSDP is used at here)
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        osd = get_optimizer_state_dict(model, optimizer.optimizer, options=_fsdp_options(cpu_offload=True))
+        if accelerator.is_main_process:
+            torch.save(osd, tmp / "optimizer.pt")
+        del osd
     elif accelerator.is_main_process:  # DDP / single: optimizer state is identical on every rank
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     if accelerator.is_main_process and scheduler is not None:
@@ -267,7 +296,7 @@ def load_checkpoint(
     """Restore everything ``save_checkpoint`` wrote (collective). Returns meta + ``data_state``."""
     path = Path(path)
     meta = json.loads((path / META).read_text())
-    backend = _backend(accelerator)
+    backend = _backend(accelerator, model)
     if meta["world_size"] != accelerator.num_processes:
         raise ValueError(
             f"{path} was written by {meta['world_size']} processes, this run has {accelerator.num_processes}: "
@@ -278,7 +307,13 @@ def load_checkpoint(
     if backend == "deepspeed":
         model.load_checkpoint(str(path / "deepspeed"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=False)
     elif backend == "fsdp":
-        accelerator.load_state(str(path / "accelerate"))
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        main = accelerator.is_main_process
+        sd = load_file(str(path / MODEL_FILE)) if main else {}
+        set_model_state_dict(model, sd, options=_fsdp_options(broadcast_from_rank0=True))
+        osd = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True) if main else {}
+        set_optimizer_state_dict(model, optimizer.optimizer, osd, options=_fsdp_options(broadcast_from_rank0=True))
     else:
         sd = load_file(str(path / MODEL_FILE))
         accelerator.unwrap_model(model).load_state_dict(sd, strict=True)
@@ -337,7 +372,7 @@ def export_model(accelerator, model, export_dir: str | Path) -> Path | None:
     ``save_pretrained`` wrote from the possibly partitioned module.
     """
     export_dir = Path(export_dir)
-    state = accelerator.get_state_dict(model)
+    state = full_state_dict(accelerator, model)
     if accelerator.is_main_process:
         tmp = export_dir.with_name(f".tmp-{export_dir.name}")
         if tmp.exists():

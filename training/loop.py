@@ -81,16 +81,30 @@ def setup_accelerator(cfg: DictConfig):
         if int(zero.get("stage", 0)) == 3:
             zero["stage3_gather_16bit_weights_on_model_save"] = True
         ds["zero_optimization"] = zero
-        ds["zero_force_ds_cpu_optimizer"] = False  # keep torch AdamW (same math; no JIT build on CPU)
+        if on_cpu:  # keep torch AdamW (same math) instead of JIT-building DeepSpeed's CPU Adam
+            ds["zero_force_ds_cpu_optimizer"] = False
         for k in ("bf16", "fp16"):
             ds.pop(k, None)  # accelerate fills these from mixed_precision
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
-    accelerator = Accelerator(**kwargs)
+    fsdp_plugin = None
     if use_fsdp and on_cpu:
-        # accelerate only enables FSDP for GPU-like device types; test-only override (environment-notes §3)
+        # accelerate only enables FSDP for GPU-like devices: build the plugin without module-state sync
+        # and force the distributed type (test-only path, environment-notes §3)
+        from accelerate import FullyShardedDataParallelPlugin
+
+        fsdp_plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=int(os.environ.get("FSDP_VERSION", "2")), reshard_after_forward=True, sync_module_states=False,
+            auto_wrap_policy="transformer_based_wrap", state_dict_type="FULL_STATE_DICT",
+            transformer_cls_names_to_wrap=os.environ.get(
+                "FSDP_TRANSFORMER_CLS_TO_WRAP", "Qwen2DecoderLayer,SiglipEncoderLayer,ModulatedAttentionBlock").split(","),
+        )
+        kwargs["fsdp_plugin"] = fsdp_plugin
+    accelerator = Accelerator(**kwargs)
+    if fsdp_plugin is not None:
         from accelerate.utils import DistributedType
 
         accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = fsdp_plugin
     return accelerator
 
 
