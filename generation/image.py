@@ -160,6 +160,7 @@ class VisualDenoiser:
         self._cache = None
         self._flow_cache = None
         self._key_valid: Tensor | None = None
+        self._block_pos: Tensor | None = None
         self.nfe = 0
 
     # ------------------------------------------------------------------ cached path
@@ -178,11 +179,12 @@ class VisualDenoiser:
                           modality_positions=batch.modality_positions)
         out = self.model(
             batch.input_ids, attention_mask=mask, use_cache=True, compute_logits=False, compute_flow=True,
-            **kwargs,
+            position_ids=batch.position_ids, **kwargs,
         )
         self._cache, self._flow_cache = out.past_key_values, out.flow_past_key_values
         self._prefix_len = batch.length
         self._key_valid = batch.key_valid
+        self._block_pos = batch.chunk_position_ids(0, self.N)
 
     def _forward_cached(self, x_rows: Tensor, t: Tensor) -> Tensor:
         if self._cache is None:
@@ -194,7 +196,7 @@ class VisualDenoiser:
         out = self.model(
             ids, image_latents=x_rows, t=t.expand(R).to(self.device), modality_positions=mp, attention_mask=mask,
             past_key_values=self._cache, flow_past_key_values=self._flow_cache, use_cache=True,
-            position_offset=P, compute_logits=False, compute_flow=True,
+            position_offset=P, position_ids=self._block_pos, compute_logits=False, compute_flow=True,
         )
         # the step appended N positions to both caches: drop them so the next step sees the prefix only
         self._cache = crop_cache(self._cache, P)

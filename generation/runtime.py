@@ -6,10 +6,10 @@ implements its caches.
 
 Batching ragged prefixes. Rows of different length are **left-padded** to a common length P: the
 pads sit in front, are masked out as keys (and attend only to themselves, so no attention row is
-empty), and every real token keeps the same *relative* distance to every other token. RoPE scores
-depend only on relative positions, so a left-padded row computes the same function as the row alone
-(equal up to float rounding). Left padding keeps one shared position counter for the whole batch,
-which is what a KV-cached decoder / denoiser needs.
+empty), and each row's real tokens get the RoPE positions they would have alone (0, 1, ...; per-row
+``position_ids``). So a left-padded row computes the same function as the row alone (equal up to
+float rounding of the batched kernels), while all rows share one cache length, which is what a
+KV-cached decoder / denoiser needs.
 """
 
 from __future__ import annotations
@@ -67,6 +67,17 @@ class LeftPadded:
     def length(self) -> int:
         return int(self.input_ids.shape[1])
 
+    @property
+    def position_ids(self) -> Tensor:
+        """(B, P) RoPE positions: each row's real tokens at 0, 1, ... (pads clamped to 0, never attended)."""
+        ar = torch.arange(self.length, device=self.input_ids.device)[None]
+        return (ar - self.pad_lens[:, None]).clamp(min=0)
+
+    def chunk_position_ids(self, start: int, q_len: int) -> Tensor:
+        """(B, q_len) positions of ``q_len`` tokens appended ``start`` positions after the padded prefix."""
+        ar = torch.arange(q_len, device=self.input_ids.device)[None]
+        return (self.length - self.pad_lens)[:, None] + start + ar
+
 
 def _shift_blocks(blocks: Tensor, shift: int) -> Tensor:
     """Add ``shift`` to the offsets of real blocks ((0, 0) padding slots stay (0, 0))."""
@@ -117,41 +128,36 @@ def left_pad(
     return LeftPadded(ids, valid, pads, mp, kp)
 
 
-def _omni(blocks: Tensor, q_len: int, kv_len: int, q_offset: int) -> Tensor:
-    """The project's omni mask (causal OR same visual block), bool (B, 1, q_len, kv_len)."""
-    from models.attention import omni_attention_mask
-
-    return omni_attention_mask(blocks, q_len, kv_len=kv_len, q_offset=q_offset).bool()
-
-
 def prefix_mask(batch: LeftPadded) -> Tensor:
     """Mask for prefilling a left-padded batch: omni mask of its blocks, pad keys removed.
 
     Returns bool (B, 1, P, P). Every query keeps its diagonal, so pad rows are never empty.
     """
+    from models.attention import mask_key_padding, omni_attention_mask
+
     P = batch.length
-    m = _omni(batch.mask_positions, P, P, 0)
-    m = m & batch.key_valid[:, None, None, :]
-    eye = torch.eye(P, dtype=torch.bool, device=m.device)
-    return m | eye[None, None]
+    m = omni_attention_mask(batch.mask_positions, P, P)
+    return mask_key_padding(m, batch.key_valid)
 
 
 def chunk_mask(key_valid: Tensor, q_len: int, *, bidirectional: bool) -> Tensor:
-    """Mask for a chunk of ``q_len`` new positions appended after a cached prefix.
+    """Mask for a chunk of ``q_len`` new positions appended after a cached prefix of P positions.
 
     key_valid: (B, P) validity of the cached keys. The chunk sees every valid cached key and, among
     its own positions, either all of them (``bidirectional``: one visual block) or the causal part
     (text decoding). Returns bool (B, 1, q_len, P + q_len).
     """
+    from models.attention import mask_key_padding, omni_attention_mask
+
     B, P = key_valid.shape
     dev = key_valid.device
-    pre = key_valid[:, None, None, :].expand(B, 1, q_len, P)
     if bidirectional:
-        own = torch.ones(q_len, q_len, dtype=torch.bool, device=dev)
+        block = torch.tensor([[[P, q_len]]], dtype=torch.long, device=dev).expand(B, 1, 2)
+        m = omni_attention_mask(block, q_len, P + q_len, q_offset=P)
     else:
-        own = torch.tril(torch.ones(q_len, q_len, dtype=torch.bool, device=dev))
-    own = own[None, None].expand(B, 1, q_len, q_len)
-    return torch.cat([pre, own], dim=-1)
+        m = omni_attention_mask(None, q_len, P + q_len, q_offset=P, device=dev, batch_size=B)
+    valid = torch.cat([key_valid, torch.ones(B, q_len, dtype=torch.bool, device=dev)], dim=1)
+    return mask_key_padding(m, valid, q_offset=P)
 
 
 def crop_cache(cache: Any, length: int) -> Any:

@@ -7,8 +7,8 @@ the official grown mask for a generated token is causal, and earlier rows never 
 §1.8 / §3).
 
 Batches of prompts of different lengths are left-padded (``generation.runtime``): pad keys are
-masked out and RoPE only sees relative distances, so a row decodes the same tokens alone or in a
-batch (up to float rounding). Finished rows keep being fed a pad token (never attended by others,
+masked out and each row keeps its own unpadded RoPE positions, so a row decodes the same tokens
+alone or in a batch (up to float rounding of the batched kernels). Finished rows keep being fed a pad token (never attended by others,
 their own outputs are discarded) so the batch stays rectangular.
 
 Sampling: ``temperature == 0`` (or ``top_k == 1``) is greedy argmax (official greedy = top-k 1
@@ -175,7 +175,7 @@ def generate_text(
 
     mask = prefix_mask(batch)
     out = model(batch.input_ids, attention_mask=mask, use_cache=use_cache, compute_logits=True,
-                compute_flow=False, logits_to_keep=1, **vis)
+                compute_flow=False, logits_to_keep=1, position_ids=batch.position_ids, **vis)
     logits = out.logits[:, -1].float()
     cache = out.past_key_values if use_cache else None
     key_valid = batch.key_valid
@@ -209,12 +209,13 @@ def generate_text(
         if use_cache:
             m = chunk_mask(key_valid[:, :-1], 1, bidirectional=False)
             out = model(nxt[:, None], attention_mask=m, past_key_values=cache, use_cache=True,
-                        position_offset=P + step, compute_logits=True, compute_flow=False, logits_to_keep=1)
+                        position_offset=P + step, position_ids=batch.chunk_position_ids(step, 1),
+                        compute_logits=True, compute_flow=False, logits_to_keep=1)
             cache = out.past_key_values
         else:
             ids_all = torch.cat([ids_all, nxt[:, None]], dim=1)
             grown = type(batch)(ids_all, key_valid, batch.pad_lens, batch.modality_positions, batch.mask_positions)
             out = model(ids_all, attention_mask=prefix_mask(grown), use_cache=False, compute_logits=True,
-                        compute_flow=False, logits_to_keep=1, **vis)
+                        compute_flow=False, logits_to_keep=1, position_ids=grown.position_ids, **vis)
         logits = out.logits[:, -1].float()
     return TextGenerationResult(tokens, stopped, stop_tokens, torch.stack(step_logits) if return_logits else None)
