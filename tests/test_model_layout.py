@@ -211,3 +211,22 @@ def test_padding_slot_items_are_not_encoded():
     b = model(ids, image_latents=lat2, t=torch.full((4,), 0.5), modality_positions=mp)
     c = model(ids, image_latents=lat, t=torch.full((4,), 0.5), modality_positions=mp)
     assert torch.equal(b.v_tokens, c.v_tokens) and torch.equal(b.logits, c.logits)
+
+
+@torch.no_grad()
+def test_bos_overwrite_quirk_forward():
+    """Q9: with the flag, a (0, 0) slot writes its item's time token over position 0 of its row."""
+    torch.manual_seed(0)
+    on = Showo2Model(Showo2Config.preset("tiny", bos_overwrite_quirk=True)).eval()
+    off = Showo2Model(Showo2Config.preset("tiny")).eval()
+    off.load_state_dict(on.state_dict())
+    mp = torch.tensor([[[1, 17], [0, 0]], [[2, 17], [0, 0]]])
+    ids = torch.randint(0, 480, (2, 24))
+    lat, t = torch.randn(4, 16, 8, 8), torch.rand(4)
+    a = on(ids, image_latents=lat, t=t, modality_positions=mp)
+    emb = off.showo.model.embed_tokens(ids)
+    _, tok = off.embed_time(t)
+    emb[:, 0] = tok[[1, 3]]   # the padding items of rows 0 and 1
+    b = off(inputs_embeds=emb, image_latents=lat, t=t, modality_positions=mp)
+    assert torch.allclose(a.logits, b.logits, atol=1e-6) and torch.allclose(a.v_tokens, b.v_tokens, atol=1e-6)
+    assert not torch.allclose(a.logits, off(ids, image_latents=lat, t=t, modality_positions=mp).logits)
