@@ -153,3 +153,19 @@ def test_from_pretrained_backbones_and_semantic_layers(tmp_path):
     save_file(distilled, str(tmp_path / "bad.safetensors"))
     with pytest.raises(CheckpointKeyError, match=r"layers\.1\.layer_norm2\.bias"):
         load_semantic_layers(m, tmp_path / "bad.safetensors")
+
+
+def test_from_pretrained_backbones_untied_head_is_shrunk(tmp_path):
+    """7B-style untied Qwen: lm_head keeps its own first llm_vocab_size rows."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+    q = {**Showo2Config.preset("tiny").qwen2, "tie_word_embeddings": False}
+    cfg = Showo2Config.preset("tiny", qwen2=q)
+    torch.manual_seed(1)
+    qwen = Qwen2ForCausalLM(Qwen2Config(**q))
+    qwen.save_pretrained(tmp_path / "qwen")
+    SiglipVisionModel(SiglipVisionConfig(**cfg.siglip)).save_pretrained(tmp_path / "siglip")
+    m = from_pretrained_backbones(cfg, tmp_path / "qwen", tmp_path / "siglip")
+    assert m.showo.lm_head.weight is not m.showo.model.embed_tokens.weight
+    assert torch.equal(m.showo.lm_head.weight, qwen.lm_head.weight[:512])
+    assert torch.equal(m.showo.model.embed_tokens.weight, qwen.model.embed_tokens.weight[:512])
