@@ -65,6 +65,7 @@ def main(argv: list[str]) -> int:
     if videos:
         pairs = [(v, q) for v in videos for q in questions]
         answers = pipe.understand_video([v for v, _ in pairs], [q for _, q in pairs], num_frames=int(cfg.num_frames),
+                                        video_mode=str(cfg.video_mode),
                                         seeds=[int(cfg.seed) + i for i in range(len(pairs))], **common)
         records += [{"video": v, "question": q, "answer": a} for (v, q), a in zip(pairs, answers)]
     elapsed = time.time() - t0

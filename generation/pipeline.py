@@ -433,7 +433,8 @@ class Showo2Pipeline:
         return TextPrompt(s.input_ids, scatter, s.modality_positions, [latent])
 
     def _answer(self, prompts: list[TextPrompt], *, max_new_tokens: int, temperature: float, top_k: int | None,
-                top_p: float | None, batch_size: int, seeds: list[int]) -> list[str]:
+                top_p: float | None, batch_size: int, seeds: list[int],
+                visual_pool: tuple[int, int] | None = None) -> list[str]:
         # one batch holds one visual-latent shape (text-only prompts form their own batches)
         by_shape: dict[str, list[int]] = {}
         for i, p in enumerate(prompts):
@@ -443,7 +444,8 @@ class Showo2Pipeline:
         for grp in groups:
             res = generate_text(self.model, [prompts[i] for i in grp], pad_id=self.special.pad,
                                 max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                stop_ids=(self.special.eos,), seeds=[seeds[i] for i in grp])
+                                stop_ids=(self.special.eos,), seeds=[seeds[i] for i in grp],
+                                visual_pool=visual_pool)
             for i, toks in zip(grp, res.tokens):
                 result[i] = self.tokenizer.decode(toks, skip_special_tokens=True)
         return [result[i] for i in range(len(prompts))]
@@ -500,28 +502,45 @@ class Showo2Pipeline:
         temperature: float = 0.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        layout: str = "train",
+        layout: str | None = None,
         batch_size: int = 4,
         resolution: int | None = None,
         official_mask_offset: bool | None = None,
+        video_mode: str = "clip",
         seeds: list[int] | None = None,
     ) -> list[str]:
         """Answer questions about videos (a path or uint8 (F, H, W, 3) frames each).
 
-        ``num_frames`` (1 + 4k) frames are sampled uniformly, padded to the resolution and encoded as
-        one clip by the causal VAE ((16, 1 + (F-1)/4, h, w)), as the project's video-text training does.
-        (The official video demo encodes frames one by one and pools each to 14x14 tokens; not reproduced.)
+        ``num_frames`` frames are sampled uniformly (``linspace``, as the reference) and padded to the
+        resolution. Two encodings (one switch):
+
+        * ``video_mode="clip"`` (default; the project's video-text training): F = 1 + 4k frames encoded
+          as one clip by the causal VAE -> (16, 1 + (F-1)/4, h, w), all tokens kept; layout default "train".
+        * ``video_mode="official"`` (released ``-w-video-und`` checkpoints, reference §2.3): any F, every
+          frame encoded on its own, each frame's token grid bilinearly pooled to ceil(g/2) (27 -> 14),
+          demo prompt (layout default "official_demo") and the demo's mask block of one *image* length
+          (g^2 + 1 = 730 at 432 px) whatever the video length (quirk Q3).
         """
         from datasets.transforms import frames_to_tensor, resize_and_pad
         from utils.media import MediaError, read_video_frames
 
+        if video_mode not in ("clip", "official"):
+            raise InputError(f"video_mode must be 'clip' or 'official', got {video_mode!r}")
+        official = video_mode == "official"
+        layout = layout or ("official_demo" if official else "train")
         questions = self._check_prompts(questions, "question")
         if len(videos) != len(questions):
             raise InputError(f"{len(videos)} videos for {len(questions)} questions")
-        if num_frames < 1 or (num_frames - 1) % 4:
-            raise InputError(f"num_frames must be 1 + 4k (e.g. 17), got {num_frames}")
+        if num_frames < 1 or (not official and (num_frames - 1) % 4):
+            raise InputError(f"num_frames must be 1 + 4k (e.g. 17) for video_mode='clip', got {num_frames}")
         res = resolution or self.resolution
-        info = self._visual(res, frames=num_frames, generate=False)
+        check_resolution(res)
+        g = res // (VAE_STRIDE * PATCH)
+        pool = ((g + 1) // 2, (g + 1) // 2) if official else None
+        if official:
+            info = VisualInfo.video(pool, num_frames, generate=False)
+        else:
+            info = self._visual(res, frames=num_frames, generate=False)
         seeds = self._seeds(seeds, len(questions))
         prompts = []
         for i, (v, q) in enumerate(zip(videos, questions)):
@@ -529,19 +548,25 @@ class Showo2Pipeline:
                 frames = v
                 if frames.ndim != 4 or frames.shape[-1] != 3:
                     raise InputError(f"video {i}: expected uint8 (F, H, W, 3) frames, got {frames.shape}")
-                idx = np.linspace(0, len(frames) - 1, num_frames).astype(int)
-                frames = frames[idx]
+                frames = frames[np.linspace(0, len(frames) - 1, num_frames).astype(int)]
             else:
                 try:
                     frames = read_video_frames(v, num_frames)
                 except (MediaError, FileNotFoundError, OSError) as e:
                     raise InputError(f"cannot read video {v}: {e}") from e
             padded = np.stack([np.asarray(resize_and_pad(Image.fromarray(f), res)) for f in frames])
-            px = frames_to_tensor(padded)[None]
-            lat = self._encode_pixels(px, seeds[i])[0]
-            prompts.append(self._mmu_prompt(q, info, lat, layout, official_mask_offset))
+            px = frames_to_tensor(padded)                                  # (3, F, H, W)
+            if official:  # F one-frame encodes, stacked on the time axis
+                lat = self._encode_pixels(px.permute(1, 0, 2, 3), seeds[i]).permute(1, 0, 2, 3)
+            else:
+                lat = self._encode_pixels(px[None], seeds[i])[0]
+            p = self._mmu_prompt(q, info, lat, layout, official_mask_offset)
+            if official:
+                p.mask_positions = p.mask_positions.clone()
+                p.mask_positions[:, 1] = g * g + 1  # Q3: the demo's block length is that of one image
+            prompts.append(p)
         return self._answer(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, batch_size=batch_size, seeds=seeds)
+                            top_p=top_p, batch_size=batch_size, seeds=seeds, visual_pool=pool)
 
     # ------------------------------------------------------------------ mixed modality
     @torch.no_grad()

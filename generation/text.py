@@ -150,11 +150,13 @@ def generate_text(
     seeds: Sequence[int] | None = None,
     use_cache: bool = True,
     return_logits: bool = False,
+    visual_pool: tuple[int, int] | None = None,
 ) -> TextGenerationResult:
     """Continue each prompt by up to ``max_new_tokens`` tokens, stopping a row at any of ``stop_ids``.
 
     ``use_cache=False`` recomputes the whole sequence for every token (the official behaviour;
-    reference for tests and benchmarks).
+    reference for tests and benchmarks). ``visual_pool=(h, w)``: per-frame token pooling of the
+    visual inputs (official video understanding: 27x27 -> 14x14).
     """
     if len(prompts) == 0:
         return TextGenerationResult([], [], [])
@@ -165,6 +167,8 @@ def generate_text(
                      mask_positions=[p.mask_positions if p.mask_positions is not None else p.modality_positions
                                      for p in prompts], device=device)
     vis = _visual_kwargs(prompts, batch.modality_positions, device)
+    if vis and visual_pool is not None:
+        vis["visual_pool"] = tuple(visual_pool)
     gens = None
     if temperature > 0 and top_k != 1:
         seeds = list(seeds) if seeds is not None else [0] * B

@@ -121,6 +121,11 @@ def test_video_modes(pipe, image_file):
     assert i2v[0].shape == (5, RES, RES, 3)
     ans = pipe.understand_video([t2v[0]], ["what happens?"], num_frames=5, max_new_tokens=4)
     assert len(ans) == 1
+    # official video-understanding layout: per-frame encodes, pooled 4x4 -> 2x2 tokens, any frame count
+    ans = pipe.understand_video([t2v[0], t2v[0]], ["what?", "what happens here?"], num_frames=3,
+                                video_mode="official", max_new_tokens=4)
+    assert ans == [pipe.understand_video([t2v[0]], [q], num_frames=3, video_mode="official", max_new_tokens=4)[0]
+                   for q in ("what?", "what happens here?")]
 
 
 class _Scripted(torch.nn.Module):
