@@ -146,3 +146,13 @@ def test_video_cache(tmp_path: Path) -> None:
     assert s["encoded"] == 2 and s["bad_reasons"] == {"video_decode_error": 1}
     c = LatentCache(tmp_path / "cache")
     assert c["v1.mp4"]["latent_mean"].shape == (16, 2, 4, 4) and c.meta["num_frames"] == 5
+
+
+def test_cli_main_with_limit(image_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    summary = cache_script.main([f"data.annotation={image_data / 'ann.jsonl'}", f"output.dir={out}",
+                                 "data.resolution=16", "data.limit=2", "progress=false", "device=cpu"])
+    assert summary["encoded"] == 2 and summary["complete"]
+    assert json.loads((out / "last_run.json").read_text())["summary"]["records"] == 2
+    assert '"encoded": 2' in capsys.readouterr().out
+    assert LatentCache(out)["img1.png"]["latent_mean"].shape == (16, 2, 2)
