@@ -179,6 +179,10 @@ def test_pipeline_bad_inputs(pipe, tmp_path):
         pipe.understand([str(bad)], ["q"])
     with pytest.raises(InputError, match="cannot read video"):
         pipe.understand_video([str(tmp_path / "nope.mp4")], ["q"], num_frames=5)
+    garbage = tmp_path / "bad.mp4"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(InputError, match="cannot read video"):
+        pipe.understand_video([str(garbage)], ["q"], num_frames=5)
     with pytest.raises(InputError, match="num_frames"):
         pipe.text_to_video(["a"], num_frames=4, progress=False)
     with pytest.raises(InputError, match="sampler"):
