@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from training.loop import train
 from utils.config import ConfigError, load_config
 
 USAGE = __doc__ + "\nStage 1 and stage 2 share the loop; they differ only by their YAML (configs/).\n"
@@ -21,6 +20,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config(argv, default_config=Path(__file__).parent / "configs/tiny/stage1.yaml", usage=USAGE)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    from training.loop import train  # imported after parsing: `--help` and typos answer fast
+
     train(cfg)
 
 

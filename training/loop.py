@@ -299,6 +299,18 @@ def flow_inputs(batch: Mapping[str, Any], vae, gen: torch.Generator, cfg: DictCo
 # the loop
 
 
+def _all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
+    """Mean / min over ranks with torch.distributed directly (accelerate's reduce is a no-op when its
+    distributed type is overridden, e.g. the CPU FSDP path)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
+    return t / dist.get_world_size() if op == "mean" else t
+
+
 def _model_loss(model, inputs: dict, cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     out = model(**inputs)
     zero = torch.zeros((), device=inputs["input_ids"].device)
@@ -385,7 +397,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 inputs = flow_inputs(batch, vae, gen, cfg, device)
                 loss, ntp, flow = _model_loss(model, inputs, cfg)
                 finite = torch.isfinite(loss.detach()).float().reshape(1)
-                if not guard.update(bool(accelerator.gather(finite).min() > 0)):  # all ranks agree to skip
+                if not guard.update(bool(_all_reduce(finite, "min").item() > 0)):  # all ranks agree to skip
                     skipped = True
                     log(f"step {step + 1}: non-finite loss ({guard.in_a_row} in a row): step skipped")
                     optimizer.zero_grad(set_to_none=True)
@@ -406,7 +418,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.advance(1)
 
         if step % log_every == 0 or step == max_steps:
-            avg = accelerator.reduce(sums / window, reduction="mean").tolist()
+            avg = _all_reduce(sums / window, "mean").tolist()
             now = time.perf_counter()
             rec = {"loss": avg[0], "loss_ntp": avg[1], "loss_flow": avg[2], **group_lrs(optimizer),
                    "samples_per_s": rows * world * window / max(now - last_log, 1e-9),
