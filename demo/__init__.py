@@ -1,0 +1,1 @@
+"""Helpers for demo.py (the embedded shapes-world demo): report writer and step utilities."""
