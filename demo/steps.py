@@ -172,7 +172,6 @@ def run_command(
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-    echo_every: int = 1,
 ) -> None:
     """Run ``python args...`` (args[0] is the script) streaming its output to the console and a log.
 
@@ -185,21 +184,23 @@ def run_command(
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     print("    $ " + " ".join(_shell_quote(a) for a in ["python", *args]), flush=True)
-    with open(log_path, "w") as log:
+    with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
-                                cwd=str(cwd) if cwd else None, text=True, bufsize=1)
+                                cwd=str(cwd) if cwd else None)
         assert proc.stdout is not None
-        n = 0
-        for line in proc.stdout:
-            log.write(line)
-            n += 1
-            # tqdm bars rewrite one line with \r; the console shows them, the log keeps them too
-            if n % echo_every == 0:
-                sys.stdout.write("    | " + line if not line.startswith("\r") else line)
-                sys.stdout.flush()
+        # raw bytes, not lines: tqdm redraws its bar with "\r", which must reach the terminal as is
+        out = sys.stdout.buffer
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            log.write(chunk)
+            out.write(chunk)
+            out.flush()
         rc = proc.wait()
     if rc != 0:
-        tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
+        text = log_path.read_text(errors="replace").replace("\r", "\n")
+        tail = "\n".join(line for line in text.splitlines()[-30:])
         raise StepFailed(f"command failed (exit {rc}): {' '.join(cmd)}\nlog: {log_path}\n--- last lines ---\n{tail}")
 
 
