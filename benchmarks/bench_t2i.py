@@ -11,7 +11,7 @@ Uses the product code path (``generation.image.VisualDenoiser`` / ``generate_vis
   only the visual block (time slot + tokens) against the cached keys/values.
 
 Per-step cost = median over ``repeats`` velocity evaluations (warm-up excluded; for ``cached`` the first call,
-which also fills the cache, is timed separately as ``first_call``). End-to-end latency per image is measured over a
+which also fills the cache, is timed separately as ``first_call``), taken round-robin over the three paths. End-to-end latency per image is measured over a
 short grid of ``t2i_steps`` points and extrapolated to ``t2i_report_steps`` from the per-step numbers.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import measure_peak_memory, sync, time_fn
+from benchmarks.common import Timing, measure_peak_memory, time_fn
 from benchmarks.presets import Workload
 from models.flops import ModelDims, RowSpec, VisualSpec, forward_flops
 from models.flops import Workload as FlopWorkload
@@ -76,26 +76,46 @@ def bench_t2i(model: torch.nn.Module, cfg: Any, wl: Workload, device: torch.devi
     t_mid = torch.tensor(0.5)
     result: dict[str, Any] = {"batch": wl.t2i_batch, "prompt_len": wl.t2i_prompt_len,
                               "visual_tokens": wl.grid * wl.grid, "guidance": wl.guidance, "paths": {}}
-    for name, cached, pad in (("uncached", False, True), ("uncached_unpadded", False, False), ("cached", True, True)):
+    paths = (("uncached", False, True), ("uncached_unpadded", False, False), ("cached", True, True))
+    dens: dict[str, Any] = {}
+    rows: dict[str, tuple] = {}
+    for name, cached, pad in paths:
         cond, uncond, pad_id = build_t2i_rows(cfg, wl, pad, seed)
-        den = VisualDenoiser(model, cond, uncond, latent_shape, guidance_scale=wl.guidance, pad_id=pad_id,
-                             cached=cached)
-        entry: dict[str, Any] = {"row_len": int(max(r.input_ids.numel() for r in cond + uncond))}
+        rows[name] = (cond, uncond, pad_id, cached)
+        dens[name] = VisualDenoiser(model, cond, uncond, latent_shape, guidance_scale=wl.guidance, pad_id=pad_id,
+                                    cached=cached)
+        n_block = int(cond[0].target[1])
+        entry: dict[str, Any] = {"row_len": int(max(r.input_ids.numel() for r in cond + uncond)),
+                                 # positions each row pushes through LLM + flow head per step
+                                 "positions_per_step": n_block if cached else
+                                 int(max(r.input_ids.numel() for r in cond + uncond))}
         if cached:
-            sync(device)
-            first = time_fn(lambda den=den: den(x, t_mid), device, repeats=1, warmup=0)  # prefill + 1 step
+            first = time_fn(lambda den=dens[name]: den(x, t_mid), device, repeats=1, warmup=0)  # prefill + 1 step
             entry["first_call"] = first.to_dict()
         with measure_peak_memory(device) as mem:
-            den(x, t_mid)
-        step = time_fn(lambda den=den: den(x, t_mid), device, repeats=repeats, warmup=warmup)
-        entry["step"] = step.to_dict()
-        entry["step_flops"] = _step_flops(cfg, cond + uncond, cached, int(cond[0].target[1]))
+            dens[name](x, t_mid)
         entry["memory"] = mem.to_dict()
+        entry["step_flops"] = _step_flops(cfg, cond + uncond, cached, int(cond[0].target[1]))
+        result["paths"][name] = entry
+    # Per-step timings round-robin over the paths (A B C A B C ...), so a change in the load of a shared machine
+    # during the measurement hits every path alike instead of biasing the ratio.
+    steps: dict[str, Timing] = {name: Timing() for name in dens}
+    for r in range(warmup + repeats):
+        for name, den in dens.items():
+            t = time_fn(lambda den=den: den(x, t_mid), device, repeats=1, warmup=0)
+            if r >= warmup:
+                steps[name].samples += t.samples
+                steps[name].cpu_samples += t.cpu_samples
+    for name, cached, _ in paths:
+        entry = result["paths"][name]
+        step = steps[name]
+        entry["step"] = step.to_dict()
         prefill = max(0.0, entry["first_call"]["median_s"] - step.median) if cached else 0.0
         entry["prefill_s"] = prefill
         nfe = wl.t2i_report_steps - 1
         entry["latency_per_image_extrapolated_s"] = (prefill + nfe * step.median) / wl.t2i_batch
         if end_to_end and wl.t2i_steps >= 2:
+            cond, uncond, pad_id, _ = rows[name]
             noise = x.clone()
 
             def run(cond=cond, uncond=uncond, pad_id=pad_id, cached=cached, noise=noise) -> None:
@@ -105,8 +125,7 @@ def bench_t2i(model: torch.nn.Module, cfg: Any, wl: Workload, device: torch.devi
             e2e = time_fn(run, device, repeats=1, warmup=0)
             entry["end_to_end"] = {"num_steps": wl.t2i_steps, **e2e.to_dict(),
                                    "per_image_s": e2e.median / wl.t2i_batch}
-        result["paths"][name] = entry
-        del den
+    del dens
     base = result["paths"]["uncached"]["step"]["median_s"]
     unp = result["paths"]["uncached_unpadded"]["step"]["median_s"]
     c = result["paths"]["cached"]["step"]["median_s"]

@@ -53,14 +53,14 @@ def test_harness_train_and_decode_sections_on_tiny(tmp_path):
     res, data, table = _run(tmp_path, "sections=matmul,train,decode", "matmul_sizes=256",
                             "workload.decode_new_tokens=4")
     assert not data["errors"], data["errors"]
-    tr = data["sections"]["train"]["eager"]
+    tr = data["sections"]["train"]["loop"]
     assert tr["time"]["median_s"] > 0 and tr["tokens"] == 2 * 48
     assert tr["flops"]["total"] > 0 and tr["achieved_flops_per_s"] > 0
     assert 0 < tr["fraction_of_matmul_peak"] < 10
     assert tr["memory"]["peak_bytes"] > 0
     dec = data["sections"]["decode"]
     assert dec["new_tokens"] == 4 and dec["speedup_cached_vs_nocache"] > 0
-    assert "train[eager]" in table and "decode" in table
+    assert "train[loop]" in table and "decode" in table
     s = data["summary"]
     assert "target_train_mfu_ge_0.5" in s and "target_decode_speedup_ge_10" in s
 
