@@ -185,6 +185,31 @@ class Showo2Pipeline:
             logger.warning("no VAE found (pass vae_path=...): image/video outputs cannot be decoded")
         return cls(model, vae, tokenizer, special, **kwargs)
 
+    @classmethod
+    def from_training(cls, model: torch.nn.Module, vae: Any, cfg: Any, **kwargs: Any) -> Showo2Pipeline:
+        """Pipeline around an in-memory training model (periodic sample grids of ``training/loop.py``).
+
+        Tokenizer: ``cfg.data.tokenizer``; resolution: ``cfg.generation.resolution`` if set, else the
+        model's configured token grid x 16 (432 for the released sizes, 64 for the tiny/demo presets).
+        """
+        from datasets.tokenizer import load_tokenizer
+
+        def sel(path: str) -> Any:
+            node = cfg
+            for part in path.split("."):
+                node = node.get(part) if hasattr(node, "get") else None
+                if node is None:
+                    return None
+            return node
+
+        tok_path = sel("data.tokenizer")
+        if not tok_path:
+            raise InputError("cfg.data.tokenizer is not set: cannot build a pipeline for sampling")
+        tokenizer, special = load_tokenizer(str(tok_path))
+        res = sel("generation.resolution") or int(getattr(model.config, "image_latent_height", 27)) * VAE_STRIDE * PATCH
+        kwargs.setdefault("resolution", int(res))
+        return cls(model, vae, tokenizer, special, **kwargs)
+
     # ------------------------------------------------------------------ helpers
     @property
     def device(self) -> torch.device:
@@ -300,12 +325,15 @@ class Showo2Pipeline:
         batch_size: int = 8,
         resolution: int | None = None,
         progress: bool = True,
+        seed: int | None = None,
     ) -> torch.Tensor:
         """Like :meth:`text_to_image` but returns the float32 latents (N, 16, h, w)."""
         prompts = self._check_prompts(prompts)
         res = resolution or self.resolution
         info = self._visual(res)
         g = self._check_guidance(guidance_scale)
+        if seeds is None and seed is not None:
+            seeds = [int(seed) + i for i in range(len(prompts))]
         seeds = self._seeds(seeds, len(prompts))
         h, w = self._latent_hw(res)
         steps_per = (num_steps - 1) * (1 if sampler == "euler" else 2)
@@ -336,12 +364,14 @@ class Showo2Pipeline:
         batch_size: int = 8,
         resolution: int | None = None,
         progress: bool = True,
+        seed: int | None = None,
     ) -> list[Image.Image]:
         """One image per prompt. ``num_steps`` counts grid points (official ``num_inference_steps``:
-        Euler makes ``num_steps - 1`` model evaluations). ``seeds`` default to the prompt indices."""
+        Euler makes ``num_steps - 1`` model evaluations). ``seeds`` default to the prompt indices
+        (``seed + index`` when only ``seed`` is given)."""
         lat = self.text_to_image_latents(prompts, guidance_scale=guidance_scale, num_steps=num_steps,
                                          sampler=sampler, seeds=seeds, batch_size=batch_size,
-                                         resolution=resolution, progress=progress)
+                                         resolution=resolution, progress=progress, seed=seed)
         images: list[Image.Image] = []
         for s in range(0, lat.shape[0], batch_size):
             images += self.decode_images(lat[s: s + batch_size])

@@ -292,3 +292,17 @@ def test_subprocess_other_entry_points(export, tmp_path, image_file):
                                                     f"outdir={tmp_path}/mm"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "mm" / "story0.html").is_file()
+
+
+def test_from_training_and_seed_kwarg(pipe, export):
+    """training/loop.py builds a pipeline around the in-memory model for its periodic sample grids."""
+    from omegaconf import OmegaConf
+
+    from generation.pipeline import Showo2Pipeline
+
+    cfg = OmegaConf.create({"data": {"tokenizer": str(export)}, "generation": {"seed": 3}})
+    p2 = Showo2Pipeline.from_training(pipe.model, pipe.vae, cfg)
+    assert p2.resolution == RES  # tiny model: 4x4 token grid x 16
+    a = p2.text_to_image_latents(["a red circle", "a mat"], num_steps=2, seed=3, progress=False)
+    b = pipe.text_to_image_latents(["a red circle", "a mat"], num_steps=2, seeds=[3, 4], progress=False)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
