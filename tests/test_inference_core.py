@@ -122,6 +122,22 @@ def test_sample_trajectory_parity(fx, cached):
     torch.testing.assert_close(traj, io["sample.trajectory"][:, :2], atol=tol["atol"], rtol=tol["rtol"])
 
 
+@pytest.mark.parametrize("cached", [True, False])
+def test_cfg_velocity_parity(fx, cached):
+    """Fixture §3.4: one guided velocity evaluation (cond rows then null rows in one forward)."""
+    from generation.image import VisualDenoiser
+
+    _, io, sp, _, model = fx
+    ids, mp, z = io["cfg.text_tokens"], io["cfg.modality_positions"], io["cfg.z"]
+    rows = [VisualRow(ids[i], mp[i]) for i in range(4)]
+    den = VisualDenoiser(model, rows[:2], rows[2:], (16, 8, 8), guidance_scale=5.0, pad_id=sp.pad, cached=cached)
+    v = den(z[:2], torch.tensor(0.3))
+    torch.testing.assert_close(v, io["cfg.v"][:2], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(v, io["cfg.v"][2:], atol=1e-4, rtol=1e-4)  # official returns v_g twice
+    cond_only = VisualDenoiser(model, rows[:2], None, (16, 8, 8), guidance_scale=0.0, pad_id=sp.pad, cached=cached)
+    torch.testing.assert_close(cond_only(z[:2], torch.tensor(0.3)), io["cfg.v_cond"], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name,off_by_one", [("mmu_gen", None), ("mmu_gen_trainlayout", False)])
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_mmu_gen_parity(fx, name, off_by_one, use_cache):
