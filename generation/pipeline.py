@@ -282,11 +282,15 @@ class Showo2Pipeline:
         gen = torch.Generator().manual_seed(seed) if self.vae_sample else None
         return vae.encode(pixels.to(vae.device), sample=self.vae_sample, generator=gen).float().cpu()
 
-    def _load_image(self, image: Image.Image | str | os.PathLike) -> Image.Image:
+    def _load_image(self, image: Image.Image | np.ndarray | str | os.PathLike) -> Image.Image:
         from datasets.transforms import load_image, to_rgb
 
         if isinstance(image, Image.Image):
             return to_rgb(image, strict=False)
+        if isinstance(image, np.ndarray):
+            if image.ndim not in (2, 3) or image.dtype != np.uint8:
+                raise InputError(f"image arrays must be uint8 (H, W[, 3]), got {image.dtype} {image.shape}")
+            return to_rgb(Image.fromarray(image), strict=False)
         p = Path(image)
         if not p.is_file():
             raise InputError(f"image not found: {p}")
