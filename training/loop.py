@@ -85,6 +85,8 @@ def setup_accelerator(cfg: DictConfig):
             ds["zero_force_ds_cpu_optimizer"] = False
         for k in ("bf16", "fp16"):
             ds.pop(k, None)  # accelerate fills these from mixed_precision
+        # the launcher's config-file fields are consumed above; accelerate refuses them next to a full dict
+        os.environ.pop("ACCELERATE_CONFIG_DS_FIELDS", None)
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
     fsdp_plugin = None
     if use_fsdp and on_cpu:
@@ -202,16 +204,17 @@ def resolve_max_steps(spec: Any, data) -> int:
     return int(spec)
 
 
-def _vocab_size(cfg: DictConfig) -> int | None:
+def _tokenizer(cfg: DictConfig):
+    """(vocab size, tokenizer, SpecialTokens) of the run; synthetic data has no tokenizer."""
     if cfg.data.source == "synthetic":
-        return int(cfg.data.synthetic.get("vocab_size", 512))
+        return int(cfg.data.synthetic.get("vocab_size", 512)), None, None
     tok = cfg.data.get("tokenizer")
     if tok:
         from datasets.tokenizer import load_tokenizer
 
-        tokenizer, _ = load_tokenizer(str(tok))
-        return len(tokenizer)
-    return None
+        tokenizer, special = load_tokenizer(str(tok))
+        return len(tokenizer), tokenizer, special
+    return None, None, None
 
 
 # ================================================================================================
@@ -344,7 +347,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                        total_steps=None, initial_step=start_step, run_name=str(exp.name), project=str(exp.get("project", "showo2")))
     log = logger.info
 
-    vocab = _vocab_size(cfg)
+    vocab, tokenizer, special = _tokenizer(cfg)
     model = build_model(cfg, vocab, log=log)
     frozen = freeze_params(model, list(cfg.model.get("frozen_params") or []))
     counts = trainable_summary(model)
@@ -431,7 +434,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if save_every and step % save_every == 0 and step < max_steps:
             _save(accelerator, out_dir, step, model, optimizer, scheduler, gen, data, guard, keep_last, log)
         if gen_every and step % gen_every == 0:
-            _sample_grid(accelerator, model, vae, cfg, step, out_dir, logger)
+            _sample_grid(accelerator, model, vae, (tokenizer, special), cfg, step, out_dir, logger)
 
     # final: a resumable checkpoint (unless one for this step exists) + the export inference loads
     if exp.get("save_final", True) and not (out_dir / f"checkpoint-{step}").exists():
@@ -466,33 +469,36 @@ def _save(accelerator, out_dir, step, model, optimizer, scheduler, gen, data, gu
     log(f"saved {path}")
 
 
-def _sample_grid(accelerator, model, vae, cfg, step, out_dir, logger) -> None:
-    """Periodic T2I samples to PNG via the inference pipeline, if it exists (main process only).
-
-    Runs under ``fork_rng`` so sampling never perturbs the training random streams (exact resume).
-    """
+def _sample_grid(accelerator, model, vae, tok, cfg, step, out_dir, logger) -> None:
+    """Periodic T2I samples to ``<output_dir>/samples/step-N.png`` via the inference pipeline (main
+    process; needs a tokenizer, so not for synthetic data). Runs under ``fork_rng`` so sampling never
+    perturbs the training random streams (exact resume); a failure is logged, never fatal."""
     from accelerate.utils import DistributedType
 
+    tokenizer, special = tok
     if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        logger.info(f"step {step}: sample grid skipped (sharded model: generate from the export instead)")
+        logger.info(f"step {step}: sample grid skipped (sharded model: sample from the export instead)")
         return
     if accelerator.is_main_process:
         try:
             from generation.pipeline import Showo2Pipeline
         except ImportError:
-            logger.info(f"step {step}: generation.pipeline.Showo2Pipeline not available: sample grid skipped")
+            Showo2Pipeline = None
+        if Showo2Pipeline is None or tokenizer is None or vae is None:
+            logger.info(f"step {step}: sample grid skipped (needs generation.pipeline, a tokenizer and a VAE)")
         else:
             g = cfg.get("generation", {})
-            prompts = list(g.get("prompts") or ["a red square on a blue background"])
+            prompts = list(g.get("prompts") or ["a red circle"])
             unwrapped = accelerator.unwrap_model(model)
-            unwrapped.eval()
             try:
                 with torch.random.fork_rng(devices=[]), torch.no_grad():
-                    pipe = Showo2Pipeline.from_training(unwrapped, vae, cfg) if hasattr(Showo2Pipeline, "from_training") \
-                        else Showo2Pipeline(model=unwrapped, vae=vae)
+                    pipe = Showo2Pipeline(unwrapped, vae, tokenizer, special, resolution=int(cfg.data.get("resolution", 432)))
                     images = pipe.text_to_image(prompts, guidance_scale=float(g.get("guidance_scale", 5.0)),
-                                                num_steps=int(g.get("num_steps", 50)), seed=int(g.get("seed", 0)))
-                path = save_image_grid(images if isinstance(images, torch.Tensor) else torch.as_tensor(images),
+                                                num_steps=int(g.get("num_steps", 50)),
+                                                seeds=[int(g.get("seed", 0)) + i for i in range(len(prompts))], progress=False)
+                import numpy as np
+
+                path = save_image_grid(np.stack([np.asarray(im.convert("RGB")) for im in images]),
                                        Path(out_dir) / "samples" / f"step-{step:07d}.png")
                 logger.log_images(step, path, caption=" | ".join(prompts))
                 logger.info(f"step {step}: samples -> {path}")
