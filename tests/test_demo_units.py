@@ -1,0 +1,141 @@
+"""Fast unit tests of the demo helpers: step bookkeeping, report writer, VAE training tricks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from demo.report import loss_series, read_metrics, score_table_text, svg_line_plot, write_report
+from demo.steps import StepRunner
+
+
+def _tiny_wan(seed: int = 0):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(base_dim=4, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+                            temperal_downsample=[False, True, True]).eval()
+
+
+def test_single_frame_fast_convs_match_diffusers():
+    """The conv2d path for one-frame inputs equals diffusers' causal conv3d (outputs and gradients)."""
+    from diffusers.models.autoencoders import autoencoder_kl_wan as wan
+
+    from demo.vae_train import single_frame_fast_convs
+
+    torch.set_num_threads(1)
+    vae = _tiny_wan()
+    x = torch.rand(2, 3, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        y_ref = vae.decode(vae.encode(x).latent_dist.mean).sample
+        with single_frame_fast_convs():
+            y_fast = vae.decode(vae.encode(x).latent_dist.mean).sample
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-4, atol=1e-5)
+    # gradients of one causal 3x3x3 conv (the full backward through conv3d is slow on CPU)
+    conv = wan.WanCausalConv3d(4, 6, 3, padding=1)
+    xi = torch.randn(2, 4, 1, 8, 8)
+    grads = []
+    for fast in (False, True):
+        conv.zero_grad()
+        if fast:
+            with single_frame_fast_convs():
+                conv(xi).square().sum().backward()
+        else:
+            conv(xi).square().sum().backward()
+        grads.append((conv.weight.grad[:, :, -1].clone(), conv.bias.grad.clone()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-5)
+    assert wan.WanCausalConv3d.forward.__qualname__.startswith("WanCausalConv3d")  # patch undone
+
+
+def test_fold_latent_standardisation_is_exact(tmp_path: Path):
+    """Folding the per-channel affine keeps decode(encode(x)) and standardises WanVAE's latents."""
+    from demo.vae_train import fold_latent_standardisation
+    from models.vae import WanVAE
+
+    torch.set_num_threads(1)
+    vae = _tiny_wan()
+    images = (torch.rand(6, 3, 16, 16) * 255).to(torch.uint8)
+    x = images.float() / 127.5 - 1
+    before = WanVAE(vae)
+    rec0 = before.decode(before.encode(x, sample=False))
+    with torch.no_grad():
+        fold_latent_standardisation(vae, images)
+    vae.save_pretrained(str(tmp_path / "vae"))
+    after = WanVAE.load(tmp_path / "vae")
+    z = after.encode(x, sample=False)
+    rec1 = after.decode(z)
+    torch.testing.assert_close(rec1, rec0, rtol=1e-3, atol=2e-4)
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(16), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(16), atol=1e-3, rtol=0)
+
+
+def test_step_runner_skip_redo_and_fingerprint(tmp_path: Path, capsys):
+    calls: list[str] = []
+
+    def make(name):
+        return lambda: calls.append(name) or {"name": name}
+
+    def run_all(redo=(), a_settings=1):
+        r = StepRunner(tmp_path, ("a", "b", "c"), redo=set(redo))
+        r.run("a", make("a"), settings=a_settings)
+        r.run("b", make("b"), settings=None)
+        r.run("c", make("c"), settings=None, always=False)
+        return r
+
+    run_all()
+    assert calls == ["a", "b", "c"]
+    calls.clear()
+    r = run_all()
+    assert calls == [] and r.statuses() == {"a": "skipped", "b": "skipped", "c": "skipped"}
+    assert r.records["a"].result == {"name": "a"}  # JSON result comes back from the marker
+    calls.clear()
+    run_all(redo={"b"})  # b and everything after it
+    assert calls == ["b", "c"]
+    calls.clear()
+    run_all(a_settings=2)  # changed settings re-run the step and its successors
+    assert calls == ["a", "b", "c"]
+    calls.clear()
+    run_all(redo={"all"})
+    assert calls == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="unknown step"):
+        StepRunner(tmp_path, ("a",), redo={"zzz"})
+    # a failing step leaves no marker, so the next run retries it
+    r = StepRunner(tmp_path, ("a", "b", "c"), redo={"b"})
+    with pytest.raises(RuntimeError):
+        r.run("b", lambda: (_ for _ in ()).throw(RuntimeError("boom")), settings=None)
+    assert not (tmp_path / ".steps" / "b.json").exists()
+    assert "b" in r.summary()
+
+
+def test_report_writer(tmp_path: Path):
+    from PIL import Image
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": i, "loss_flow": 2.0 / i, "loss_ntp": 5.0 / i, "lr": 1e-3}) + "\n"
+                               for i in range(1, 60)) + '{"step": 60, "loss_fl')  # torn last line is skipped
+    rows = read_metrics(metrics)
+    assert len(rows) == 59
+    series = loss_series(rows)
+    assert set(series) == {"loss_flow", "loss_ntp"} and series["loss_flow"][0] == (1.0, 2.0)
+    svg = svg_line_plot(series, "stage 1")
+    assert svg.startswith("<svg") and svg.count("<polyline") == 4 and "stage 1" in svg
+    assert "no data" in svg_line_plot({}, "empty")
+    assert "<polyline" in svg_line_plot({"x": [(0, 0.0), (1, -1.0)]}, "non-positive", log_y=True)
+    img = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), (220, 40, 40)).save(img)
+    scores = {"generation": {"colors": 0.5, "overall": 0.5}, "understanding": {"color": 1.0, "overall": 1.0}}
+    html, md = write_report({
+        "scores": scores, "targets": {"generation": 0.9, "understanding": 0.95}, "curves": {"stage 1": series},
+        "t2i": [{"prompt": "a red square <b>", "image": str(img), "correct": False, "note": "no square"}],
+        "mmu": [{"image": str(img), "question": "What color?", "answer": "red", "target": "red", "correct": True}],
+        "timings": {"world": 1.0}, "notes": ["n"], "config": {"a": 1},
+    }, tmp_path / "out")
+    text = html.read_text()
+    assert "data:image/png;base64," in text and "<svg" in text and "a red square &lt;b&gt;" in text
+    assert "| generation" in md.read_text()
+    table = score_table_text(scores, {"generation": 0.9})
+    assert "0.500" in table and ">= 0.90" in table
