@@ -4,6 +4,7 @@ persist; the semantic-layer file is loaded strictly (training/distill.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,3 +71,45 @@ def test_semantic_layers_file_round_trip_and_strict_load(tmp_path):
     save_file(sd, str(tmp_path / "bad.safetensors"))
     with pytest.raises(KeyError, match="missing.*position_embedding.*unexpected.*und_trans.extra"):
         load_semantic_layers(model, tmp_path / "bad.safetensors")
+
+
+def test_accumulation_and_wandb_offline(tmp_path):
+    out = tmp_path / "ga"
+    loop.train(_cfg(out, "training.max_train_steps=2", "training.gradient_accumulation_steps=2", "logging.wandb.mode=offline"))
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2] and recs[0]["samples_per_s"] > 0
+    assert list((out / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
+
+
+@pytest.mark.slow
+def test_real_loaders_and_sample_grid(tmp_path):
+    """Shapes world on disk -> datasets.mixed (image-text t2i + captioning, demo tokenizer) -> the loop;
+    a sample grid PNG through generation.pipeline at step 1."""
+    from datasets.shapes import write_shapes_world
+    from datasets.tokenizer import build_demo_tokenizer
+
+    paths = write_shapes_world(tmp_path / "world", n_train=12, n_eval=2, n_videos=1, n_stories=1, resolution=32,
+                               video_format="frames")
+    texts = [json.loads(line)["prompt"] for line in open(paths["image_text"])]
+    tok = build_demo_tokenizer(texts * 10, tmp_path / "tok")
+    yaml_text = f"""
+_base_: {Path('configs/tiny/stage1.yaml').resolve()}
+experiment: {{output_dir: {tmp_path / 'run'}, save_every: 0, generate_every: 1}}
+data:
+  source: mixed
+  tokenizer: {tok}
+  max_seq_len: 40
+  resolution: 32
+  sources:
+    - {{name: t2i, type: image_text, path: {paths['image_text']}, task: t2i, batch_size: 2, cond_dropout_prob: 0.1}}
+    - {{name: caption, type: image_text, path: {paths['image_text']}, task: caption, batch_size: 1}}
+generation: {{prompts: [a red circle, a blue square], num_steps: 3, guidance_scale: 2.0}}
+training: {{max_train_steps: 2}}
+"""
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml_text)
+    loop.train(load_config([f"config={cfg_file}"]))
+    run = tmp_path / "run"
+    assert (run / "samples" / "step-0000001.png").exists(), (run / "train.log").read_text()
+    data_state = json.loads((run / "checkpoint-2" / "data_rank0.json").read_text())
+    assert data_state["step"] == 2 and data_state["positions"] == [4, 2]
