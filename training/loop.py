@@ -314,6 +314,22 @@ def _all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
     return t / dist.get_world_size() if op == "mean" else t
 
 
+def _clip_and_norm(accelerator, model, clip: float) -> float:
+    """Clip to ``clip`` (0: no clipping) and return the global grad norm before clipping, on every backend.
+
+    DeepSpeed clips inside its engine step (``gradient_clipping`` from the run config) and reports the
+    norm itself; elsewhere ``clip_grad_norm_`` (with an infinite bound when not clipping) gives it.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        norm = model.get_global_grad_norm()  # of the step the engine just took in backward()
+        return float(norm) if norm is not None else float("nan")
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = accelerator.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    return float(norm) if norm is not None else float("nan")
+
+
 def _model_loss(model, inputs: dict, cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     out = model(**inputs)
     zero = torch.zeros((), device=inputs["input_ids"].device)
@@ -382,6 +398,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     gen_every = int(exp.get("generate_every") or 0)
     keep_last = exp.get("keep_last")
     step_times: list[float] = []
+    grad_norm = float("nan")
     sums = torch.zeros(3, device=device)  # loss, ntp, flow over the log window
     window = 0
     last_log = time.perf_counter()
@@ -406,8 +423,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     optimizer.zero_grad(set_to_none=True)
                     continue
                 accelerator.backward(loss)  # accelerate divides by the accumulation steps itself
-                if accelerator.sync_gradients and clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), clip)  # under DeepSpeed: set in its config
+                if accelerator.sync_gradients:
+                    grad_norm = _clip_and_norm(accelerator, model, clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             step_sums += torch.stack([loss.detach(), ntp, flow]) / ga
@@ -425,7 +442,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             now = time.perf_counter()
             rec = {"loss": avg[0], "loss_ntp": avg[1], "loss_flow": avg[2], **group_lrs(optimizer),
                    "samples_per_s": rows * world * window / max(now - last_log, 1e-9),
-                   "step_time_s": step_times[-1], "nonfinite_total": guard.total}
+                   "step_time_s": step_times[-1], "grad_norm": float(grad_norm), "nonfinite_total": guard.total}
             rec.update(_bad_sample_counts(data))
             logger.log(step, rec)
             sums.zero_()
