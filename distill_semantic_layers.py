@@ -14,12 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+
 
 from utils.config import ConfigError, load_config
 
 
 def distill(cfg) -> dict:
+    import torch
+
     from accelerate.utils import set_seed
 
     from models import Showo2Config

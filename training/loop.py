@@ -102,6 +102,9 @@ def setup_accelerator(cfg: DictConfig):
         )
         kwargs["fsdp_plugin"] = fsdp_plugin
     accelerator = Accelerator(**kwargs)
+    if torch.cuda.is_available() and tr.get("allow_tf32", True):  # official enable_tf32 (fp32 matmuls only)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if fsdp_plugin is not None:
         from accelerate.utils import DistributedType
 
