@@ -164,6 +164,9 @@ def bench_train(model: torch.nn.Module, cfg: Any, wl: Workload, device: torch.de
         "flops": flops.to_dict(),
         "flops_executed": executed.total,
         "achieved_flops_per_s": flops.total / med,
+        # per second of process CPU time (CPU only): what the step achieves on the cores it actually got
+        "achieved_flops_per_cpu_s": (flops.total / timing.to_dict()["cpu_median_s"]
+                                     if device.type == "cpu" and timing.cpu_samples else None),
         "memory": mem.to_dict(),
         "num_parameters": int(sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())),
     }

@@ -216,12 +216,28 @@ class _RssSampler:
         self.peak = max(self.peak, _rss_bytes())
 
 
+def _release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``) so the RSS baseline reflects live memory only.
+
+    Without it, memory freed by an earlier benchmark stays resident and the next region's peak-minus-baseline
+    reads as ~0 while the process footprint hides the real high-water mark.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @contextlib.contextmanager
 def measure_peak_memory(device: torch.device | str) -> Iterator[PeakMemory]:
     """Context manager that fills a :class:`PeakMemory` for the enclosed region."""
     dev = torch.device(device)
     result = PeakMemory()
     gc.collect()
+    if dev.type == "cpu":
+        _release_free_heap()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)

