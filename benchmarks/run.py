@@ -5,7 +5,7 @@
     python benchmarks/run.py preset=showo2-1.5b device=cuda    # official sizes (random weights) on a GPU
     python benchmarks/run.py preset=small sections=train,decode workload.decode_new_tokens=32 compile=true
 
-Sections (``sections=`` comma list, default all but ``packing``):
+Sections (``sections=`` comma list, default all but ``packing`` and ``attention``; ``all`` = every one):
 
 * ``matmul``: the machine's practical matmul FLOP/s (large square GEMMs) measured in this run;
 * ``train``: forward + backward + AdamW step on a mixed t2i/captioning micro-batch; time, tokens/s, peak memory,
@@ -13,7 +13,9 @@ Sections (``sections=`` comma list, default all but ``packing``):
 * ``t2i``: text-to-image per-step cost and per-image latency with CFG, uncached (official) vs prefix-cached;
 * ``decode``: understanding decode tokens/s with and without KV cache after a ~700-token visual prefix;
 * ``vae``: Wan VAE encode/decode throughput (``benchmarks.bench_vae``);
-* ``packing``: the sequence-packing study (``benchmarks.packing``).
+* ``packing``: the sequence-packing study (``benchmarks.packing``);
+* ``attention``: SDPA with the dense omni mask vs compiled flex attention with its block mask on the training
+  layout (forward on CPU, forward + backward on CUDA) (``benchmarks.bench_attention``).
 
 All timings are medians over ``repeats`` runs after ``warmup`` runs. Results go to
 ``<output_dir>/<preset>-<device>.json`` (``outputs/`` is git-ignored) and a table is printed.
@@ -46,7 +48,7 @@ from benchmarks.common import (
 from benchmarks.presets import model_config, preset_names, workload_defaults, workload_for
 
 ALL_SECTIONS = ("matmul", "train", "t2i", "decode", "vae")
-OPTIONAL_SECTIONS = ("packing",)
+OPTIONAL_SECTIONS = ("packing", "attention")
 
 DEFAULTS: dict[str, Any] = {
     "preset": "tiny",
@@ -196,6 +198,10 @@ def _run_section(name: str, model, mcfg, wl, device, dtype, cfg_run, repeats: in
                             nocache_repeats=int(cfg_run.nocache_repeats), seed=int(cfg_run.seed))
     if name == "vae":
         return _vae_section(wl, device, dtype, repeats, warmup)
+    if name == "attention":
+        from benchmarks.bench_attention import bench_attention
+
+        return bench_attention(mcfg, wl, device, dtype, repeats=repeats, warmup=warmup, seed=int(cfg_run.seed))
     if name == "packing":
         from benchmarks.packing import bench_packing
 
@@ -331,6 +337,13 @@ def format_table(result: dict[str, Any]) -> str:
             rows.append((f"packing[{name}]", f"{p['rows']} x {p['row_len']} ({p['samples']} samples)",
                          f"{p['time']['median_s']:.3f} s, {p['real_tokens_per_s']:.1f} real tok/s"))
         rows.append(("packing", "verdict", str(pk.get("verdict"))))
+    at = s.get("attention")
+    if at:
+        for name, t in at["times"].items():
+            rows.append((f"attention[{name}]", f"{at['shape']} {at['dtype']} {'fwd+bwd' if at['backward'] else 'fwd'}",
+                         f"{t['median_s'] * 1e3:.1f} ms"))
+        rows.append(("attention", "flex speedup (skipped tiles %, max diff)",
+                     f"{at['flex_speedup']:.2f}x ({(at['block_sparsity_percent'] or 0):.0f}%, {at['max_abs_diff_vs_sdpa']:.1e})"))
     for k, v in result.get("errors", {}).items():
         rows.append(("ERROR", k, v[:80]))
     w = [max(len(r[i]) for r in rows) if rows else 0 for i in range(3)]
