@@ -94,3 +94,16 @@ def test_nonfinite_guard():
     g.update(False), g.update(False)
     with pytest.raises(NonFiniteLossError):
         g.update(False)
+
+
+def test_max_steps_one_pass_over_a_source():
+    from types import SimpleNamespace
+
+    from training.loop import resolve_max_steps
+
+    data = SimpleNamespace(sources=[SimpleNamespace(name="t2i", batch_size=4), SimpleNamespace(name="und", batch_size=4)],
+                           samplers=[SimpleNamespace(per_rank=10**6), SimpleNamespace(per_rank=558_000 // 48)])
+    assert resolve_max_steps("epoch:und", data) == 558_000 // 48 // 4  # floor(N / (4 x 48)), no extra step
+    assert resolve_max_steps(150000, data) == 150000
+    with pytest.raises(ValueError, match="no data source"):
+        resolve_max_steps("epoch:mmu", data)

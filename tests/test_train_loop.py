@@ -113,3 +113,18 @@ training: {{max_train_steps: 2}}
     assert (run / "samples" / "step-0000001.png").exists(), (run / "train.log").read_text()
     data_state = json.loads((run / "checkpoint-2" / "data_rank0.json").read_text())
     assert data_state["step"] == 2 and data_state["positions"] == [4, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["t2v", "i2v", "video_und", "interleaved"])
+def test_video_and_interleaved_configs_run(tmp_path, name):
+    out = tmp_path / name
+    loop.train(load_config([f"config=configs/tiny/{name}.yaml", f"experiment.output_dir={out}", "training.max_train_steps=2",
+                            "experiment.save_every=0"]))
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2] and all(r["loss"] == r["loss"] for r in recs)
+    if name != "video_und":
+        assert all(r["loss_flow"] > 0 for r in recs)
+    if name in ("video_und", "interleaved"):
+        assert all(r["loss_ntp"] > 0 for r in recs)
+    assert (out / "export" / "model.safetensors").exists()
