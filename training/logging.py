@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["RunLogger", "NonFiniteGuard", "NonFiniteLossError", "peak_memory", "save_image_grid", "generate_sample_grid"]
+__all__ = ["RunLogger", "NonFiniteGuard", "NonFiniteLossError", "peak_memory", "save_image_grid"]
 
 
 def peak_memory() -> dict[str, float]:
