@@ -296,26 +296,32 @@ def from_pretrained_backbones(config: Showo2Config, qwen_path: str | os.PathLike
     return model
 
 
-def load_semantic_layers(model: Showo2Model, path: str | os.PathLike) -> None:
-    """Strictly load a distilled semantic-layer file into `und_trans` (+ optional position table)."""
+SEMANTIC_PREFIXES = ("image_embedder_und.", "position_embedding.", "und_trans.")
+
+
+def load_semantic_layers(model: Showo2Model, path: str | os.PathLike) -> list[str]:
+    """Strictly load a (pre-)distilled semantic-layer file; returns the loaded keys.
+
+    The official / distilled layout holds `image_embedder_und.*`, `position_embedding.weight` and `und_trans.*`
+    (spec §8.1); then all three groups must be complete. An encoder-only file (`und_trans.*`, or HF SigLIP
+    `vision_model.encoder.*` / `encoder.*`) fills `und_trans` only. Anything else is an error naming the keys
+    (the official non-strict load would silently load nothing on a name mismatch).
+    """
     sd = _load_file(Path(path))
-    pos = None
-    for pk in ("position_embedding.weight", "embeddings.position_embedding.weight"):
-        if pk in sd:
-            pos = sd.pop(pk)
-    for prefix in ("und_trans.", "vision_model.encoder.", "encoder."):
+    if isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    for prefix in ("vision_model.encoder.", "encoder."):   # HF SigLIP encoder naming
         if any(k.startswith(prefix) for k in sd):
-            stripped = _strip(sd, prefix)
-            left = [k for k in sd if not k.startswith(prefix)]
-            sd = stripped
-            break
-    else:
-        left = []
-    expected = set(model.und_trans.state_dict())
+            sd = {("und_trans." + k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+    own = model.state_dict()
+    full = any(k.startswith(SEMANTIC_PREFIXES[:2]) for k in sd)
+    wanted = SEMANTIC_PREFIXES if full else ("und_trans.",)
+    expected = {k for k in own if k.startswith(wanted)}
     missing, unexpected = expected - set(sd), set(sd) - expected
-    if missing or unexpected or left:
-        raise CheckpointKeyError(f"semantic layers file {path}: " + _report(missing, set(unexpected) | set(left), []))
-    model.und_trans.load_state_dict(sd, strict=True)
-    if pos is not None:
-        with torch.no_grad():
-            model.position_embedding.weight.copy_(pos)
+    shapes = {k for k in expected & set(sd) if tuple(sd[k].shape) != tuple(own[k].shape)}
+    if missing or unexpected or shapes:
+        raise CheckpointKeyError(f"semantic layers file {path}: " + _report(missing, unexpected, shapes))
+    with torch.no_grad():
+        for k in sorted(expected):
+            own[k].copy_(sd[k].to(own[k].dtype))
+    return sorted(expected)

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from flow.schedule import interpolate, sample_train_timesteps
+from models.checkpoints import SEMANTIC_PREFIXES, load_semantic_layers
 
 __all__ = [
     "SEMANTIC_PREFIXES",
@@ -43,8 +43,6 @@ __all__ = [
     "save_semantic_layers",
     "build_teacher",
 ]
-
-SEMANTIC_PREFIXES = ("image_embedder_und.", "position_embedding.", "und_trans.")
 
 
 class SemanticStudent(nn.Module):
@@ -143,22 +141,3 @@ def save_semantic_layers(student: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def load_semantic_layers(model: nn.Module, path: str | Path) -> list[str]:
-    """Load a semantic-layer file into a Show-o2 model strictly: the file's keys must be exactly the
-    model's ``image_embedder_und.*`` / ``position_embedding.weight`` / ``und_trans.*`` keys (the official
-    non-strict load would silently load nothing on a name mismatch, §8.1). ``.pt`` files are read with
-    ``weights_only=True``."""
-    path = Path(path)
-    sd = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
-    own = {k: v for k, v in model.state_dict().items() if k.startswith(SEMANTIC_PREFIXES)}
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise KeyError(f"semantic layers {path}: missing {missing[:8]} ({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)})")
-    bad = [k for k in own if tuple(own[k].shape) != tuple(sd[k].shape)]
-    if bad:
-        raise ValueError(f"semantic layers {path}: shape mismatch for {bad[:8]}")
-    res = model.load_state_dict({k: sd[k].to(own[k].dtype) for k in own}, strict=False)
-    assert not res.unexpected_keys
-    return sorted(own)

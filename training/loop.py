@@ -141,7 +141,7 @@ def build_model(cfg: DictConfig, vocab_size: int | None, log=print):
         torch.manual_seed(int(m.get("init_seed", 0)))  # same random init on every rank
         model = Showo2Model(Showo2Config.preset(str(m.preset), **overrides))
     if pre.get("semantic_layers"):
-        from training.distill import load_semantic_layers
+        from models.checkpoints import load_semantic_layers
 
         load_semantic_layers(model, str(pre.semantic_layers))  # strict: every expected key consumed (§8.1)
         log(f"semantic layers loaded from {pre.semantic_layers}")
