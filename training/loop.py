@@ -334,7 +334,7 @@ def _clip_and_norm(accelerator, model, clip: float) -> float:
 
 
 def _model_loss(model, inputs: dict, cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    out = model(**inputs)
+    out = model(**inputs, compute_logits=False)  # the NTP loss forms logits only at supervised positions
     zero = torch.zeros((), device=inputs["input_ids"].device)
     ntp = out.loss_ntp if out.loss_ntp is not None else zero
     flow = out.loss_flow if out.loss_flow is not None else zero
