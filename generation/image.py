@@ -193,8 +193,12 @@ class VisualDenoiser:
         ids = torch.stack([r.input_ids[r.target[0]: r.target[0] + N] for r in self.rows]).to(self.device)
         mp = torch.tensor([[[P, N]]] * R, dtype=torch.long, device=self.device)  # absolute positions
         mask = chunk_mask(self._key_valid, N, bidirectional=True)
+        # CFG rows repeat the same latents: run the visual encoder (26 SigLIP layers at full size) once
+        vis = self.model.encode_visual(x_rows[: self.B]) if self.uncond else self.model.encode_visual(x_rows)
+        if self.uncond:
+            vis = torch.cat([vis, vis])
         out = self.model(
-            ids, image_latents=x_rows, t=t.expand(R).to(self.device), modality_positions=mp, attention_mask=mask,
+            ids, visual_tokens=vis, t=t.expand(R).to(self.device), modality_positions=mp, attention_mask=mask,
             past_key_values=self._cache, flow_past_key_values=self._flow_cache, use_cache=True,
             position_offset=P, position_ids=self._block_pos, compute_logits=False, compute_flow=True,
         )

@@ -268,6 +268,7 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         update_cache: bool = True,
         visual_pool: tuple[int, int] | None = None,
         position_ids: torch.Tensor | None = None,
+        visual_tokens: torch.Tensor | None = None,
     ) -> Showo2Output:
         """One pass over a sequence (or a chunk of it after cached positions).
 
@@ -284,6 +285,8 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         visual_pool: per-frame token-grid pooling for understanding inputs (see `encode_visual`).
         position_ids: (B, L) RoPE positions overriding `position_offset + arange(L)` (e.g. left-padded batches:
         give real tokens their unpadded positions and mask the pad keys, see `attention.mask_key_padding`).
+        visual_tokens: (N, n*T, H) precomputed `encode_visual(image_latents)`, used instead of encoding latents
+        (CFG halves share one encoding).
         """
         if inputs_embeds is None:
             inputs_embeds = self.showo.model.embed_tokens(input_ids)
@@ -302,11 +305,14 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
 
         df = self.config.flow_hidden_size
         t_emb = inputs_embeds.new_zeros(0, df)
-        if image_latents is not None:
+        if image_latents is not None or visual_tokens is not None:
             if t is None or layout is None:
-                raise ValueError("image_latents need t and modality_positions")
+                raise ValueError("image_latents / visual_tokens need t and modality_positions")
             t_emb, time_tok = self.embed_time(t.to(device))
-            visual = self._encode_needed(image_latents.to(device), layout, visual_pool)
+            if visual_tokens is not None:   # precomputed `encode_visual` output (e.g. shared by CFG halves)
+                visual = visual_tokens.to(device)
+            else:
+                visual = self._encode_needed(image_latents.to(device), layout, visual_pool)
             inputs_embeds = self.scatter_visual(inputs_embeds, layout, time_tok, visual)
 
         mask = attention_mask
