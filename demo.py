@@ -55,7 +55,24 @@ def build_config(argv: list[str]) -> DictConfig:
         base = OmegaConf.merge(base, base.fast_profile)
     cfg = load_config(argv, default_config=base, usage=USAGE)
     cfg.out = str(Path(str(cfg.out)).expanduser().resolve())
+    cfg.threads = resolve_threads(cfg.threads)
     return cfg
+
+
+def resolve_threads(threads: Any) -> int:
+    """``auto``: every core when the machine is idle, else one thread.
+
+    On a busy machine (other jobs on the cores) multi-threaded torch loses badly: its worker threads
+    wait for each other at every op, so small ops run several times *slower* than on one thread.
+    """
+    if str(threads) != "auto":
+        return max(1, int(threads))
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return cores if busy < 0.5 else 1
 
 
 def _redo_set(redo: Any) -> set[str]:

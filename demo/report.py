@@ -172,7 +172,7 @@ def svg_line_plot(
             parts.append(f'<text x="{X:.1f}" y="{pad_t + ph + 14}" text-anchor="middle">{_fmt(xt)}</text>')
     if log_y:
         yticks = [float(e) for e in range(math.floor(y0), math.ceil(y1) + 1)]
-        if len(yticks) < 3:  # add 2x and 5x marks on a short log range
+        if sum(y0 <= t <= y1 for t in yticks) < 3:  # add 2x and 5x marks on a short log range
             yticks = sorted({math.log10(m * 10 ** e) for e in range(math.floor(y0), math.ceil(y1) + 1)
                              for m in (1, 2, 5)})
         labels = [_fmt(10 ** t) for t in yticks]
