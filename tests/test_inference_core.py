@@ -20,13 +20,6 @@ from generation.text import TextPrompt, filter_logits, generate_text, sample_nex
 FIX = Path(__file__).parent / "fixtures" / "parity"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are dominated by thread-sync overhead on a shared 2-core box: run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

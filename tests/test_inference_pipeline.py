@@ -22,12 +22,6 @@ FIX = ROOT / "tests" / "fixtures" / "parity"
 RES = 64  # tiny model: 4x4 token grid = 64 px
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def export_tiny(folder: Path) -> Path:
@@ -136,6 +130,7 @@ class _Scripted(torch.nn.Module):
         super().__init__()
         self.model, self.plans, self.plan, self.k = model, list(plans), None, 0
         self.config = model.config
+        self.encode_visual = model.encode_visual
 
     def forward(self, input_ids, **kw):
         out = self.model(input_ids, **kw)

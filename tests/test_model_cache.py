@@ -17,13 +17,6 @@ PAD = 498  # <|image_pad|> of the tiny vocabulary
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on shared CPUs (40x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @functools.lru_cache(maxsize=None)
 def model() -> Showo2Model:

@@ -20,13 +20,6 @@ FIX = Path(__file__).parent / "fixtures" / "parity"
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on shared CPUs (40x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @functools.lru_cache(maxsize=None)
 def weights() -> dict[str, torch.Tensor]:

@@ -15,13 +15,6 @@ OFFICIAL = json.loads((Path(__file__).parent / "fixtures" / "parity" / "official
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on shared CPUs (40x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @pytest.mark.parametrize("preset,variant", [("showo2-1.5b", "show-o2-1.5B"), ("showo2-1.5b-hq", "show-o2-1.5B-HQ"),
                                             ("showo2-7b", "show-o2-7B")])

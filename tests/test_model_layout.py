@@ -21,13 +21,6 @@ L = 20
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on shared CPUs (40x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def brute_mask(mp: torch.Tensor, q_len: int, kv_len: int, q_offset: int) -> torch.Tensor:
     b = mp.shape[0]

@@ -23,13 +23,6 @@ MAXDIFF: dict[str, float] = {}
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on shared CPUs (40x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @functools.lru_cache(maxsize=None)
 def fixture_json() -> dict:
