@@ -263,6 +263,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         out["t2i_step_cached_s"] = t2i["paths"]["cached"]["step"]["median_s"]
         out["t2i_cached_step_ratio"] = t2i["cached_step_ratio_vs_uncached"]
         out["t2i_cached_step_ratio_vs_unpadded"] = t2i["cached_step_ratio_vs_unpadded"]
+        out["t2i_cached_step_ratio_min"] = t2i.get("cached_step_ratio_vs_uncached_min")
         out["target_t2i_cached_ratio_le_0.75"] = t2i["cached_step_ratio_vs_uncached"] <= 0.75
     dec = s.get("decode")
     if dec:
@@ -316,7 +317,9 @@ def format_table(result: dict[str, Any]) -> str:
                 e = p["end_to_end"]
                 rows.append((tag, f"measured per image @{e['num_steps']} pts", f"{e['per_image_s']:.2f} s"))
         rows.append(("t2i", "cached/uncached step ratio (vs unpadded)",
-                     f"{t2i['cached_step_ratio_vs_uncached']:.3f} ({t2i['cached_step_ratio_vs_unpadded']:.3f})"))
+                     f"{t2i['cached_step_ratio_vs_uncached']:.3f} ({t2i['cached_step_ratio_vs_unpadded']:.3f}); "
+                     f"of minima {t2i.get('cached_step_ratio_vs_uncached_min', float('nan')):.3f} "
+                     f"({t2i.get('cached_step_ratio_vs_unpadded_min', float('nan')):.3f})"))
     dec = s.get("decode")
     if dec:
         rows.append(("decode", f"prefill ({dec['prefix_len']} tokens)", f"{dec['prefill']['median_s']:.3f} s"))
