@@ -81,9 +81,29 @@ def test_harness_all_sections_on_tiny(tmp_path):
     for name in ("matmul", "train", "t2i", "decode", "vae", "packing"):
         assert name in data["sections"], name
     t2i = data["sections"]["t2i"]
-    assert set(t2i["paths"]) == {"uncached", "uncached_unpadded", "cached"}
+    assert set(t2i["paths"]) == {"uncached", "uncached_unpadded", "cached", "cached_shared_visual"}
     assert t2i["paths"]["cached"]["step_flops"] < t2i["paths"]["uncached"]["step_flops"]
     assert data["sections"]["vae"]["encode_s"] > 0
     assert data["sections"]["packing"]["layouts"]
     assert all(k in data["summary"] for k in ("train_step_s", "t2i_cached_step_ratio", "decode_speedup"))
     print(table)
+
+
+def test_shared_visual_encoding_prototype_is_exact():
+    """The benchmark-only CFG visual-encoder sharing gives the same velocities and restores the model."""
+    from benchmarks.bench_t2i import _SharedVisualEncoding, build_t2i_rows
+    from benchmarks.presets import model_config, workload_for
+    from generation.image import VisualDenoiser
+    from models.showo2 import Showo2Model
+
+    cfg, wl = model_config("tiny"), workload_for("tiny")
+    torch.manual_seed(0)
+    model = Showo2Model(cfg).eval()
+    cond, uncond, pad = build_t2i_rows(cfg, wl, pad=True)
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        ref = VisualDenoiser(model, cond, uncond, (16, 8, 8), guidance_scale=5.0, pad_id=pad)(x, torch.tensor(0.3))
+        with _SharedVisualEncoding(model):
+            got = VisualDenoiser(model, cond, uncond, (16, 8, 8), guidance_scale=5.0, pad_id=pad)(x, torch.tensor(0.3))
+    assert torch.allclose(ref, got, atol=1e-6)
+    assert "encode_visual" not in model.__dict__
