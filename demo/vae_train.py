@@ -216,7 +216,7 @@ def fold_latent_standardisation(vae: Any, images: torch.Tensor, batch_size: int 
     # post_quant_conv(z) = P z + e must equal P ((z' - b) / a) + e
     w = p.weight.clone()  # (C_out, C_in, 1, 1, 1)
     p.weight.copy_(w / a.view(1, -1, 1, 1, 1))
-    p.bias.sub_((w[:, :, 0, 0, 0] @ (b / a)))
+    p.bias.sub_(w[:, :, 0, 0, 0] @ (b / a))
     return {"channel_mean_before": c.tolist(), "channel_std_before": d.tolist()}
 
 
