@@ -64,3 +64,15 @@ def test_help_prints_usage_and_defaults(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "usage: python demo.py" in out and "steps: 3" in out
+
+
+def test_list_entries_can_be_overridden(tmp_path):
+    f = tmp_path / "list.yaml"
+    f.write_text("data:\n  sources:\n    - {name: t2i, batch_size: 6}\n    - {name: mmu, batch_size: 2}\n")
+    cfg = load_config([f"config={f}", "data.sources.0.batch_size=4", "data.sources.1.name=und"])
+    assert cfg.data.sources[0].batch_size == 4 and cfg.data.sources[1].name == "und"
+    assert cfg.data.sources[1].batch_size == 2
+    with pytest.raises(ConfigError, match="data.sources.5"):
+        load_config([f"config={f}", "data.sources.5.batch_size=4"])
+    with pytest.raises(ConfigError, match="data.sources.0.batchsize"):
+        load_config([f"config={f}", "data.sources.0.batchsize=4"])

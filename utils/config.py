@@ -119,13 +119,14 @@ def load_config(
     cfg = _base_config(config_path, default_config)
     for item in overrides:
         _check_key_exists(cfg, item.split("=", 1)[0])
-    try:
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-        if additions:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(additions))
-    except (ConfigAttributeError, ConfigKeyError) as e:  # e.g. a type clash under a struct node
-        raise ConfigError(str(e)) from e
+    # one update per item (not a merge of the whole dot-list) so list entries (`a.0.b=1`) can be overridden
+    for item, force_add in [(o, False) for o in overrides] + [(a, True) for a in additions]:
+        key, _, raw = item.partition("=")
+        try:
+            value = OmegaConf.from_dotlist([f"v={raw}"])["v"]   # YAML typing: 4 -> int, 1e-4 -> float, ...
+            OmegaConf.update(cfg, key, value, merge=True, force_add=force_add)
+        except (ConfigAttributeError, ConfigKeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"cannot set '{key}' to {raw!r}: {e}") from e
     return cfg
 
 
