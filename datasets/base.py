@@ -104,15 +104,20 @@ def open_latent_cache(cache: Any) -> Any:
     return LatentCache(cache)
 
 
-def read_latent(cache: Any, key: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(latent, logvar)`` for ``key`` (the media path as written in the annotation).
+def read_latent(cache: Any, key: str, *aliases: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(latent, logvar)`` for ``key`` (the media path as written in the annotation), else the first of
+    ``aliases`` (e.g. the resolved absolute path) that the cache holds.
 
     A ``LatentCache`` record holds the normalised posterior mean and the raw log-variance: both are
     returned and the trainer draws the posterior sample per step (``models.vae.sample_from_posterior``,
     as the reference VAE-encodes every step). Caches that return a plain tensor give ``(tensor, None)``.
     """
     getter = getattr(cache, "get", None)
-    out = getter(key) if callable(getter) else (cache[key] if key in cache else None)
+    out = None
+    for k in (key, *aliases):
+        out = getter(k) if callable(getter) else (cache[k] if k in cache else None)
+        if out is not None:
+            break
     if out is None:
         raise SampleError("missing_latent", key)
     logvar = None

@@ -6,6 +6,8 @@ Spec: training §2.1, §3 (mode rules, shorter-side resize + centre crop, min re
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,7 +110,7 @@ class ImageTextDataset(RobustDataset):
         caption = self.caption_for(idx)
         item: dict[str, Any] = {"pixels": None, "latents": None, "text": caption}
         if self.latent_cache is not None:
-            lat, logvar = read_latent(self.latent_cache, rec["path"])
+            lat, logvar = read_latent(self.latent_cache, rec["path"], os.path.abspath(resolve_path(self.root, rec["path"])))
             visual = VisualInfo.image((lat.shape[-2] // 2, lat.shape[-1] // 2))
             attach_latents(item, [(lat, logvar)])
         else:

@@ -11,6 +11,8 @@ frame, one video block with ``T*n + 1`` positions.
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,7 +94,7 @@ class InstructDataset(RobustDataset):
             return [], [], "pixels"
         for k, rel in enumerate(paths):
             if self.latent_cache is not None:
-                lat, logvar = read_latent(self.latent_cache, rel)
+                lat, logvar = read_latent(self.latent_cache, rel, os.path.abspath(resolve_path(self.root, rel)))
                 grid = (lat.shape[-2] // 2, lat.shape[-1] // 2)
                 infos.append(VisualInfo.video(grid, lat.shape[1], False, source_index=k) if lat.dim() == 4
                              else VisualInfo.image(grid, False, source_index=k))

@@ -250,6 +250,11 @@ class LatentCache:
         ]
         self.entries.sort(key=lambda r: (r["shard"], r["row"]))
         self._by_key = {r["key"]: i for i, r in enumerate(self.entries)}
+        # loaders name media relative to different roots (jsonl path vs LLaVA `image`): the absolute source
+        # path recorded at caching time is an alias that every loader can compute
+        for i, r in enumerate(self.entries):
+            if r.get("source"):
+                self._by_key.setdefault(os.path.abspath(r["source"]), i)
         self._handles: dict[int, Any] = {}
         self._pid = os.getpid()
 

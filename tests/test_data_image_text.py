@@ -238,3 +238,25 @@ def test_newline_switch_and_fast_jpeg_decode(tmp_path):
     fast = load_image(tmp_path / "x.jpg", draft_size=64)
     assert full.size == (300, 200) and min(fast.size) >= 64 and fast.size[0] < 300
     assert resize_center_crop(fast, 64).size == (64, 64)
+
+
+def test_one_latent_cache_serves_absolute_and_relative_annotations(tmp_path, tok):
+    """Image-text jsonl (absolute paths) and LLaVA json (paths relative to a root) find the same cached entry
+    through the absolute source path recorded at caching time."""
+    from datasets.instruct import InstructDataset
+    from datasets.latent_cache import LatentCacheWriter
+
+    tokenizer, sp = tok
+    root = tmp_path / "images"
+    w = LatentCacheWriter(tmp_path / "cache", {"vae": {"fingerprint": "x"}, "resolution": 64, "shard_size": 1})
+    mean, logvar = torch.randn(1, 16, 8, 8), torch.full((1, 16, 8, 8), -4.0)
+    w.write_shard(0, [{"key": "a.png", "source": str(root / "a.png")}], mean, logvar, records=(0, 1))
+    b = SequenceBuilder(sp, tokenizer=tokenizer, max_seq_len=96)
+    jl = _write(tmp_path / "d.jsonl", [{"path": str(root / "a.png"), "prompt": "a circle"}])
+    it = ImageTextDataset(jl, b, latent_cache=str(tmp_path / "cache"), cond_dropout_prob=0.0)[0]
+    assert torch.equal(it["latents"][0], mean[0])
+    ann = tmp_path / "llava.json"
+    ann.write_text(json.dumps([{"id": "0", "image": "a.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "red"}]}]))
+    it = InstructDataset(ann, root, b, latent_cache=str(tmp_path / "cache"))[0]
+    assert torch.equal(it["latents"][0], mean[0])
