@@ -347,7 +347,18 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
                 raise ValueError(f"flow cache length {flow_past_len} != LLM cache length {past_len}")
             mod_index = layout.mod_index if layout is not None else \
                 torch.zeros(bsz, q_len, dtype=torch.long, device=device)
-            out.v_tokens = self.run_flow_head(hidden, t_emb, mod_index, position_ids, mask, flow_past_key_values)
+            rows = None
+            if image_labels is not None and flow_past_key_values is None:
+                # training: rows without flow-loss positions (captioning / understanding) need no flow head
+                need = self._flow_selection(layout, image_masks).any(dim=1)
+                rows = None if bool(need.all()) else need.nonzero().squeeze(1)
+            if rows is None:
+                out.v_tokens = self.run_flow_head(hidden, t_emb, mod_index, position_ids, mask,
+                                                  flow_past_key_values)
+            else:
+                pos = position_ids[rows] if position_ids.shape[0] == bsz and bsz > 1 else position_ids
+                part = self.run_flow_head(hidden[rows], t_emb, mod_index[rows], pos, mask[rows], None)
+                out.v_tokens = part.new_zeros(bsz, *part.shape[1:]).index_copy(0, rows, part)
             out.flow_past_key_values = flow_past_key_values
             if image_labels is not None:
                 out.loss_flow = self._flow_loss(out.v_tokens, image_labels.to(device), layout, image_masks)
@@ -372,10 +383,17 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         tok = velocity_to_tokens(image_labels, self.config.patch_size).to(v_tokens.dtype)     # (N, n, D)
         table = torch.cat([tok.new_zeros(tok.shape[0], 1, tok.shape[-1]), tok], dim=1)      # time slot: no label
         labels = gather_slots(table, layout.item, layout.local)
+        return flow_loss(v_tokens, labels, self._flow_selection(layout, image_masks))
+
+    @staticmethod
+    def _flow_selection(layout: VisualLayout | None, image_masks: torch.Tensor | None) -> torch.Tensor:
+        """(B, L) bool: positions that carry flow loss (visual tokens of blocks, time slots excluded)."""
+        if layout is None:
+            raise ValueError("image_labels need modality_positions")
         sel = layout.visual_token
         if image_masks is not None:
             sel = sel & image_masks.to(sel.device).bool()
-        return flow_loss(v_tokens, labels, sel)
+        return sel
 
     # ------------------------------------------------------------------------------------------------
 

@@ -16,8 +16,6 @@ FIX = Path(__file__).parent / "fixtures" / "parity"
 PAD = 498  # <|image_pad|> of the tiny vocabulary
 
 
-
-
 @functools.lru_cache(maxsize=None)
 def model() -> Showo2Model:
     m = build_empty(Showo2Config.preset("tiny"))
