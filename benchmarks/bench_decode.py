@@ -45,8 +45,8 @@ def build_decode_prompts(cfg: Any, wl: Workload, seed: int = 0):
 @torch.no_grad()
 def bench_decode(model: torch.nn.Module, cfg: Any, wl: Workload, device: torch.device, *, repeats: int,
                  warmup: int, nocache_repeats: int = 1, seed: int = 0) -> dict[str, Any]:
-    from generation.text import _visual_kwargs, generate_text
     from generation.runtime import left_pad, prefix_mask
+    from generation.text import _visual_kwargs, generate_text
 
     model.eval()
     prompts, pad_id = build_decode_prompts(cfg, wl, seed)

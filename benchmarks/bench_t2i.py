@@ -8,9 +8,8 @@ Uses the product code path (``generation.image.VisualDenoiser`` / ``generate_vis
 * ``uncached_unpadded``: same without the trailing pads (what an uncached implementation could do for free) so the
   cache's saving is not credited with the padding.
 * ``cached``: prefix (text up to ``<|vision_start|>``) pushed once through LLM and flow head, then every step runs
-  only the visual block (time slot + tokens) against the cached keys/values.
-* ``cached_shared_visual`` (proposal prototype, benchmark only): ``cached`` with the visual encoder run once for the
-  identical cond/uncond latents (see ``_SharedVisualEncoding``).
+  only the visual block (time slot + tokens) against the cached keys/values; the visual encoder runs once for the
+  identical cond/uncond latents.
 
 Per-step cost = median over ``repeats`` velocity evaluations (warm-up excluded; for ``cached`` the first call,
 which also fills the cache, is timed separately as ``first_call``), taken round-robin over the three paths. End-to-end latency per image is measured over a
@@ -51,35 +50,9 @@ def build_t2i_rows(cfg: Any, wl: Workload, pad: bool, seed: int = 0):
     return cond, uncond, sp.pad
 
 
-class _SharedVisualEncoding:
-    """Proposal prototype (benchmark only): encode the visual items of a CFG batch once.
-
-    Cond and uncond rows carry the same latents and t, so the patch embeddings, semantic layers and fusion of the
-    second half repeat the first half's work. Installed as an instance attribute over ``model.encode_visual`` for
-    the duration of one path and removed afterwards; the result is identical (same inputs, same function).
-    """
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.inner = model.encode_visual
-
-    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        n = latents.shape[0]
-        if n % 2 == 0 and torch.equal(latents[: n // 2], latents[n // 2:]):
-            half = self.inner(latents[: n // 2])
-            return torch.cat([half, half], dim=0)
-        return self.inner(latents)
-
-    def __enter__(self) -> _SharedVisualEncoding:
-        self.model.encode_visual = self
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        del self.model.encode_visual   # back to the class method
-
-
-def _step_flops(cfg: Any, rows: list, cached: bool, n_block: int, shared_visual: bool = False) -> float:
-    """Analytic forward FLOPs of one velocity evaluation over ``rows`` (cond + uncond)."""
+def _step_flops(cfg: Any, rows: list, cached: bool, n_block: int) -> float:
+    """Analytic forward FLOPs of one velocity evaluation over ``rows`` (cond + uncond; the cached path encodes
+    the shared visual items once)."""
     dims = ModelDims.from_config(cfg)
     grid_tokens = n_block - 1
     if cached:
@@ -88,20 +61,14 @@ def _step_flops(cfg: Any, rows: list, cached: bool, n_block: int, shared_visual:
     else:
         length = max(int(r.input_ids.numel()) for r in rows)
         specs = [RowSpec(length, None, 0, True) for _ in rows]
-    items = len(rows) // 2 if shared_visual else len(rows)
+    items = len(rows) // 2 if cached else len(rows)
     return forward_flops(dims, FlopWorkload(specs, [VisualSpec(grid_tokens) for _ in range(items)],
                                             time_items=len(rows))).total
 
 
-def _maybe_shared(model: torch.nn.Module, on: bool):
-    import contextlib
-
-    return _SharedVisualEncoding(model) if on else contextlib.nullcontext()
-
-
 @torch.no_grad()
 def bench_t2i(model: torch.nn.Module, cfg: Any, wl: Workload, device: torch.device, *, repeats: int,
-              warmup: int, seed: int = 0, end_to_end: bool = True, shared_visual: bool = True) -> dict[str, Any]:
+              warmup: int, seed: int = 0, end_to_end: bool = True) -> dict[str, Any]:
     """Per-step cost and per-image latency of the three paths; returns a JSON-ready dict."""
     from generation.image import VisualDenoiser, generate_visual
 
@@ -114,8 +81,6 @@ def bench_t2i(model: torch.nn.Module, cfg: Any, wl: Workload, device: torch.devi
     result: dict[str, Any] = {"batch": wl.t2i_batch, "prompt_len": wl.t2i_prompt_len,
                               "visual_tokens": wl.grid * wl.grid, "guidance": wl.guidance, "paths": {}}
     paths = [("uncached", False, True), ("uncached_unpadded", False, False), ("cached", True, True)]
-    if shared_visual:
-        paths.append(("cached_shared_visual", True, True))
     dens: dict[str, Any] = {}
     rows: dict[str, tuple] = {}
     for name, cached, pad in paths:
@@ -128,23 +93,20 @@ def bench_t2i(model: torch.nn.Module, cfg: Any, wl: Workload, device: torch.devi
                                  # positions each row pushes through LLM + flow head per step
                                  "positions_per_step": n_block if cached else
                                  int(max(r.input_ids.numel() for r in cond + uncond))}
-        share = name.endswith("shared_visual")
-        with _maybe_shared(model, share):
-            if cached:
-                first = time_fn(lambda den=dens[name]: den(x, t_mid), device, repeats=1, warmup=0)  # prefill + step
-                entry["first_call"] = first.to_dict()
-            with measure_peak_memory(device) as mem:
-                dens[name](x, t_mid)
+        if cached:
+            first = time_fn(lambda den=dens[name]: den(x, t_mid), device, repeats=1, warmup=0)  # prefill + step
+            entry["first_call"] = first.to_dict()
+        with measure_peak_memory(device) as mem:
+            dens[name](x, t_mid)
         entry["memory"] = mem.to_dict()
-        entry["step_flops"] = _step_flops(cfg, cond + uncond, cached, int(cond[0].target[1]), share)
+        entry["step_flops"] = _step_flops(cfg, cond + uncond, cached, int(cond[0].target[1]))
         result["paths"][name] = entry
     # Per-step timings round-robin over the paths (A B C A B C ...), so a change in the load of a shared machine
     # during the measurement hits every path alike instead of biasing the ratio.
     steps: dict[str, Timing] = {name: Timing() for name in dens}
     for r in range(warmup + repeats):
         for name, den in dens.items():
-            with _maybe_shared(model, name.endswith("shared_visual")):
-                t = time_fn(lambda den=den: den(x, t_mid), device, repeats=1, warmup=0)
+            t = time_fn(lambda den=den: den(x, t_mid), device, repeats=1, warmup=0)
             if r >= warmup:
                 steps[name].samples += t.samples
                 steps[name].cpu_samples += t.cpu_samples
@@ -164,8 +126,7 @@ def bench_t2i(model: torch.nn.Module, cfg: Any, wl: Workload, device: torch.devi
                 generate_visual(model, cond, uncond, noise, guidance_scale=wl.guidance, num_steps=wl.t2i_steps,
                                 pad_id=pad_id, cached=cached)
 
-            with _maybe_shared(model, name.endswith("shared_visual")):
-                e2e = time_fn(run, device, repeats=1, warmup=0)
+            e2e = time_fn(run, device, repeats=1, warmup=0)
             entry["end_to_end"] = {"num_steps": wl.t2i_steps, **e2e.to_dict(),
                                    "per_image_s": e2e.median / wl.t2i_batch}
     del dens
@@ -178,8 +139,4 @@ def bench_t2i(model: torch.nn.Module, cfg: Any, wl: Workload, device: torch.devi
     mins = {k: v["step"]["min_s"] for k, v in result["paths"].items()}
     result["cached_step_ratio_vs_uncached_min"] = mins["cached"] / mins["uncached"]
     result["cached_step_ratio_vs_unpadded_min"] = mins["cached"] / mins["uncached_unpadded"]
-    if "cached_shared_visual" in result["paths"]:
-        sv = result["paths"]["cached_shared_visual"]["step"]
-        result["cached_shared_visual_step_ratio_vs_uncached"] = sv["median_s"] / base
-        result["cached_shared_visual_step_ratio_vs_uncached_min"] = sv["min_s"] / mins["uncached"]
     return result

@@ -139,7 +139,8 @@ def bench_train(model: torch.nn.Module, cfg: Any, wl: Workload, device: torch.de
     def count(logits: bool):
         work = workload_from_batch(tb.inputs["input_ids"], modality_positions=tb.inputs["modality_positions"],
                                    image_latents=tb.inputs["image_latents"], text_labels=tb.inputs["text_labels"],
-                                   patch=cfg.patch_size, compute_logits=logits)
+                                   patch=cfg.patch_size, compute_logits=logits,
+                                   image_masks=tb.inputs.get("image_masks") if "image_labels" in tb.inputs else None)
         return training_flops(dims, work)
 
     # "required" = what the step needs (no logits outside the loss): the numerator of achieved FLOP/s, so waste

@@ -264,7 +264,6 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         out["t2i_cached_step_ratio"] = t2i["cached_step_ratio_vs_uncached"]
         out["t2i_cached_step_ratio_vs_unpadded"] = t2i["cached_step_ratio_vs_unpadded"]
         out["t2i_cached_step_ratio_min"] = t2i.get("cached_step_ratio_vs_uncached_min")
-        out["t2i_cached_shared_visual_step_ratio"] = t2i.get("cached_shared_visual_step_ratio_vs_uncached")
         out["target_t2i_cached_ratio_le_0.75"] = t2i["cached_step_ratio_vs_uncached"] <= 0.75
     dec = s.get("decode")
     if dec:

@@ -295,10 +295,13 @@ def workload_from_batch(
     compute_flow: bool = True,
     compute_logits: bool = True,
     logits_per_row: int | None = None,
+    image_masks: torch.Tensor | None = None,
 ) -> Workload:
     """The workload of ``Showo2Model.forward`` on a training/inference batch, as the model computes it.
 
-    * LLM and flow head over every position of every row (the batch is rectangular);
+    * LLM over every position of every row (the batch is rectangular); flow head over every position of the rows
+      that run it: all rows, except in a training call (``image_masks`` = the flow-loss mask passed with
+      ``image_labels``), where rows without flow-loss positions skip it;
     * LM head: with ``text_labels`` the supervised next-token targets (the model's loss path forms logits only
       there), plus, when ``compute_logits``, ``logits_per_row`` positions per row (default: all) for ``out.logits``;
     * one visual item per latent (padding dummies included; they are encoded too).
@@ -308,10 +311,17 @@ def workload_from_batch(
     if text_labels is not None:
         per_row = (text_labels[:, 1:] != -100).sum(dim=1).tolist()
     extra = (length if logits_per_row is None else logits_per_row) if compute_logits else 0
+    flow_rows = [compute_flow] * b
+    if compute_flow and image_masks is not None and modality_positions is not None:
+        from models.layout import build_layout
+
+        need = (build_layout(modality_positions, length).visual_token & image_masks.bool()).any(dim=1)
+        if not bool(need.all()):
+            flow_rows = need.tolist()
     rows = []
     for i in range(b):
         mp = modality_positions[i] if modality_positions is not None else None
-        rows.append(RowSpec(length, None, int(per_row[i]), compute_flow, _omni_fraction(mp, length), extra))
+        rows.append(RowSpec(length, None, int(per_row[i]), flow_rows[i], _omni_fraction(mp, length), extra))
     visuals: list[VisualSpec] = []
     if image_latents is not None:
         shape = tuple(image_latents.shape) if isinstance(image_latents, torch.Tensor) else tuple(image_latents)

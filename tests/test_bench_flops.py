@@ -57,7 +57,7 @@ def test_forward_matches_flop_counter(tiny_setup, compute_logits):
     assert any("scaled_dot_product" in k for k in per_op), per_op
     work = workload_from_batch(kw["input_ids"], modality_positions=kw["modality_positions"],
                                image_latents=kw["image_latents"], text_labels=kw["text_labels"],
-                               compute_logits=compute_logits)
+                               compute_logits=compute_logits, image_masks=kw["image_masks"])
     analytic = forward_flops(ModelDims.from_config(cfg), work).total
     assert analytic == pytest.approx(measured, rel=0.01)
 
@@ -76,7 +76,7 @@ def test_training_step_within_a_few_percent(tiny_setup, compute_logits):
     model.zero_grad(set_to_none=True)
     work = workload_from_batch(kw["input_ids"], modality_positions=kw["modality_positions"],
                                image_latents=kw["image_latents"], text_labels=kw["text_labels"],
-                               compute_logits=compute_logits)
+                               compute_logits=compute_logits, image_masks=kw["image_masks"])
     analytic = training_flops(ModelDims.from_config(cfg), work).total
     assert analytic == pytest.approx(measured, rel=0.05)
 

@@ -31,10 +31,8 @@ def test_formatters():
 
 
 def _run(tmp_path, *extra):
-    from benchmarks.run import format_table, run
+    from benchmarks.run import DEFAULTS, format_table, run
     from utils.config import load_config
-
-    from benchmarks.run import DEFAULTS
 
     out = tmp_path / "res.json"
     cfg = load_config(["preset=tiny", "repeats=1", "warmup=0", "threads=1", f"output={out}", *extra],
@@ -81,7 +79,7 @@ def test_harness_all_sections_on_tiny(tmp_path):
     for name in ("matmul", "train", "t2i", "decode", "vae", "packing"):
         assert name in data["sections"], name
     t2i = data["sections"]["t2i"]
-    assert set(t2i["paths"]) == {"uncached", "uncached_unpadded", "cached", "cached_shared_visual"}
+    assert set(t2i["paths"]) == {"uncached", "uncached_unpadded", "cached"}
     assert t2i["paths"]["cached"]["step_flops"] < t2i["paths"]["uncached"]["step_flops"]
     assert data["sections"]["vae"]["encode_s"] > 0
     assert data["sections"]["packing"]["layouts"]
@@ -89,21 +87,3 @@ def test_harness_all_sections_on_tiny(tmp_path):
     print(table)
 
 
-def test_shared_visual_encoding_prototype_is_exact():
-    """The benchmark-only CFG visual-encoder sharing gives the same velocities and restores the model."""
-    from benchmarks.bench_t2i import _SharedVisualEncoding, build_t2i_rows
-    from benchmarks.presets import model_config, workload_for
-    from generation.image import VisualDenoiser
-    from models.showo2 import Showo2Model
-
-    cfg, wl = model_config("tiny"), workload_for("tiny")
-    torch.manual_seed(0)
-    model = Showo2Model(cfg).eval()
-    cond, uncond, pad = build_t2i_rows(cfg, wl, pad=True)
-    x = torch.randn(1, 16, 8, 8)
-    with torch.no_grad():
-        ref = VisualDenoiser(model, cond, uncond, (16, 8, 8), guidance_scale=5.0, pad_id=pad)(x, torch.tensor(0.3))
-        with _SharedVisualEncoding(model):
-            got = VisualDenoiser(model, cond, uncond, (16, 8, 8), guidance_scale=5.0, pad_id=pad)(x, torch.tensor(0.3))
-    assert torch.allclose(ref, got, atol=1e-6)
-    assert "encode_visual" not in model.__dict__
