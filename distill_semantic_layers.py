@@ -14,19 +14,22 @@ import sys
 import time
 from pathlib import Path
 
-
-
 from utils.config import ConfigError, load_config
 
 
 def distill(cfg) -> dict:
     import torch
-
     from accelerate.utils import set_seed
 
     from models import Showo2Config
-    from training.distill import (SemanticStudent, build_teacher, cosine_distill_loss, noised_latents,
-                                  save_semantic_layers, teacher_features)
+    from training.distill import (
+        SemanticStudent,
+        build_teacher,
+        cosine_distill_loss,
+        noised_latents,
+        save_semantic_layers,
+        teacher_features,
+    )
     from training.logging import RunLogger, peak_memory
     from training.loop import build_data, build_vae, setup_accelerator
     from training.optim import build_scheduler

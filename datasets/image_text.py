@@ -7,15 +7,14 @@ Spec: training §2.1, §3 (mode rules, shorter-side resize + centre crop, min re
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 from typing import Any, Literal
 
 from datasets.base import (
     RobustDataset,
+    attach_latents,
     open_latent_cache,
     read_jsonl,
-    attach_latents,
     read_latent,
     resolve_path,
     seeded_rng,

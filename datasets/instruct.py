@@ -12,7 +12,6 @@ frame, one video block with ``T*n + 1`` positions.
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 from typing import Any, Literal
 

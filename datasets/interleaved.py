@@ -15,9 +15,9 @@ from typing import Any
 
 from datasets.base import (
     RobustDataset,
+    attach_latents,
     open_latent_cache,
     read_json_list,
-    attach_latents,
     read_latent,
     resolve_path,
     seeded_rng,

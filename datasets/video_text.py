@@ -22,9 +22,9 @@ from PIL import Image
 
 from datasets.base import (
     RobustDataset,
+    attach_latents,
     open_latent_cache,
     read_jsonl,
-    attach_latents,
     read_latent,
     resolve_path,
     seeded_rng,

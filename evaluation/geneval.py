@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.common import (
-    geneval_prompt_complete, load_pipeline, process_rank, read_jsonl, sample_seeds, shard_indices,
+    geneval_prompt_complete,
+    load_pipeline,
+    process_rank,
+    read_jsonl,
+    sample_seeds,
+    shard_indices,
     write_geneval_prompt,
 )
 

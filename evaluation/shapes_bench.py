@@ -45,12 +45,32 @@ import numpy as np
 from PIL import Image
 
 from datasets.shapes import (
-    COLORS, DIRECTIONS, NUMBER_WORDS, PALETTE, REL_INVERSE, SHAPES, Holdout, ObjSpec, Placed, SceneSpec,
-    is_held_out, layout_scene, make_questions, parse_caption, parse_holdout, relation_holds, render_scene,
-    render_video, video_track,
+    COLORS,
+    DIRECTIONS,
+    NUMBER_WORDS,
+    PALETTE,
+    REL_INVERSE,
+    SHAPES,
+    Holdout,
+    ObjSpec,
+    Placed,
+    SceneSpec,
+    is_held_out,
+    layout_scene,
+    make_questions,
+    parse_caption,
+    parse_holdout,
+    relation_holds,
+    render_scene,
+    render_video,
+    video_track,
 )
 from evaluation.common import (
-    geneval_prompt_complete, geneval_prompt_dir, read_jsonl, sample_seeds, write_geneval_prompt,
+    geneval_prompt_complete,
+    geneval_prompt_dir,
+    read_jsonl,
+    sample_seeds,
+    write_geneval_prompt,
 )
 
 __all__ = [

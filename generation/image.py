@@ -80,7 +80,7 @@ class VisualRow:
         off, ln = self.modality_positions[-1].tolist()
         return int(off), int(ln)
 
-    def prefix(self) -> "_Prefix":
+    def prefix(self) -> _Prefix:
         """Everything before the target block (what gets cached); blocks = context blocks only."""
         off, _ = self.target
         return _Prefix(self.input_ids[:off], self.modality_positions[:-1], self.context_latents,

@@ -184,7 +184,7 @@ class Showo2Config:
         return copy.deepcopy(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Showo2Config":
+    def from_dict(cls, d: dict) -> Showo2Config:
         """Build from the project's own dict (as written by `to_dict` / `save_pretrained`).
 
         A dict without sub-configs but with official fields (a released config.json) is routed to
@@ -200,7 +200,7 @@ class Showo2Config:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
-    def from_official(cls, d: dict, **overrides: Any) -> "Showo2Config":
+    def from_official(cls, d: dict, **overrides: Any) -> Showo2Config:
         """Build from a released `config.json` (diffusers ConfigMixin format) or an official yaml `model` dict.
 
         Backbone configs are chosen from `llm_model_path` (Qwen2.5-1.5B / 7B-Instruct); an unknown path must
@@ -240,7 +240,7 @@ class Showo2Config:
         return out
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> "Showo2Config":
+    def from_json_file(cls, path: str | os.PathLike) -> Showo2Config:
         with open(path) as f:
             return cls.from_dict(json.load(f))
 
@@ -250,7 +250,7 @@ class Showo2Config:
 
     # -------------------------------------------------------------------------------------------------
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "Showo2Config":
+    def preset(cls, name: str, **overrides: Any) -> Showo2Config:
         """Named configurations: showo2-1.5b, showo2-1.5b-hq, showo2-7b, tiny (parity fixture), demo."""
         if name not in _PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(_PRESETS)}")

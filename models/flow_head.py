@@ -42,7 +42,7 @@ def place_modulation(params: torch.Tensor, item_index: torch.Tensor, defaults: t
     return table[item_index]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _flex(device_type: str):
     """flex_attention, compiled on accelerators (the eager version materialises the full score matrix)."""
     from torch.nn.attention.flex_attention import flex_attention

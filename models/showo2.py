@@ -423,7 +423,7 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         return vel
 
     @classmethod
-    def from_official(cls, path_or_hub_id: str, **kwargs) -> "Showo2Model":
+    def from_official(cls, path_or_hub_id: str, **kwargs) -> Showo2Model:
         """Load a released Show-o2 checkpoint (folder or Hub id); see `checkpoints.load_official_checkpoint`."""
         from .checkpoints import load_official_checkpoint
         return load_official_checkpoint(path_or_hub_id, **kwargs)

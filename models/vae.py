@@ -479,7 +479,7 @@ class WanVAE(nn.Module):
                 return AutoencoderKLWan.from_pretrained(
                     repo, subfolder=sub, torch_dtype=dtype, local_files_only=local_files_only
                 )
-            except (OSError, ValueError, EnvironmentError) as e:  # missing file / repo / offline cache miss
+            except (OSError, ValueError) as e:  # missing file / repo / offline cache miss
                 errors.append(f"subfolder={sub!r}: {type(e).__name__}: {e}")
         raise OSError(
             f"could not load a Wan VAE from hub id {repo!r} (local_files_only={local_files_only}):\n  "

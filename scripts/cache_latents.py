@@ -115,9 +115,9 @@ def _load_pixels(path: Path, d: Any) -> torch.Tensor:
 
         min_size = tuple(d.min_size) if d.get("min_size") else None
         return preprocess_image(load_image(path, min_size=min_size), res, str(d.preprocess))
-    from datasets.transforms import frames_to_tensor, resize_and_pad, resize_center_crop
     from PIL import Image
 
+    from datasets.transforms import frames_to_tensor, resize_and_pad, resize_center_crop
     from utils.media import read_video_frames
 
     frames = read_video_frames(path, int(d.num_frames), "uniform")

@@ -18,8 +18,8 @@ from datasets.sequence import (
     collate,
     max_text_len,
     num_visual_tokens,
-    visual_block_len,
     vist_max_text_len,
+    visual_block_len,
 )
 from datasets.tokenizer import ChatIds, SpecialTokens
 

@@ -119,5 +119,5 @@ def test_helpers_and_plugin_table() -> None:
     assert apply_until("yes.\nUser: more", ["\nUser:", "</s>"]) == "yes."
     assert apply_until(" yes ", None) == "yes"
     table = importlib.import_module("evaluation.lmms_plugin.models").AVAILABLE_MODELS
-    mod = importlib.import_module(f"evaluation.lmms_plugin.models.showo2")
+    mod = importlib.import_module("evaluation.lmms_plugin.models.showo2")
     assert getattr(mod, table["showo2"]) is Showo2

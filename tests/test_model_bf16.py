@@ -22,7 +22,7 @@ def load(**over):
     return materialize(m).eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def batch():
     io = load_file(str(FIX / "io.safetensors"))
     return dict(input_ids=io["t2i.text_tokens"], image_latents=io["t2i.xt"], t=io["t2i.t"],

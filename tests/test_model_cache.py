@@ -16,7 +16,7 @@ FIX = Path(__file__).parent / "fixtures" / "parity"
 PAD = 498  # <|image_pad|> of the tiny vocabulary
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model() -> Showo2Model:
     m = build_empty(Showo2Config.preset("tiny"))
     load_state_dict_into(m, load_file(str(FIX / "weights.safetensors")), assign=True)

@@ -10,9 +10,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.checkpoints import (CheckpointKeyError, build_empty, from_pretrained_backbones, load_official_checkpoint,
-                                load_semantic_layers, load_state_dict_into, materialize, read_state_dict,
-                                resolve_path, save_official_format)
+from models.checkpoints import (
+    CheckpointKeyError,
+    build_empty,
+    from_pretrained_backbones,
+    load_official_checkpoint,
+    load_semantic_layers,
+    load_state_dict_into,
+    materialize,
+    read_state_dict,
+    resolve_path,
+    save_official_format,
+)
 from models.config import Showo2Config
 from models.showo2 import Showo2Model
 
@@ -21,19 +30,19 @@ FIX = Path(__file__).parent / "fixtures" / "parity"
 
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def weights() -> dict[str, torch.Tensor]:
     return load_file(str(FIX / "weights.safetensors"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference() -> Showo2Model:
     m = build_empty(Showo2Config.preset("tiny"))
     load_state_dict_into(m, weights(), assign=True)
     return materialize(m).eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def batch():
     io = load_file(str(FIX / "io.safetensors"))
     return dict(input_ids=io["t2i.text_tokens"], image_latents=io["t2i.xt"], t=io["t2i.t"],

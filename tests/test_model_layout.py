@@ -133,7 +133,7 @@ def test_velocity_token_layout(shape):
     torch.manual_seed(0)
     u = torch.randn(shape)
     tok = velocity_to_tokens(u, 2)
-    c, w = shape[1], shape[-1]
+    c = shape[1]
     n = u[0].numel() // c // 4
     assert tok.shape == (shape[0], n, 4 * c)
     assert torch.equal(tokens_to_velocity(tok, shape[1:], 2), u)

@@ -24,17 +24,17 @@ MAXDIFF: dict[str, float] = {}
 
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fixture_json() -> dict:
     return json.loads((FIX / "fixture.json").read_text())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def io() -> dict[str, torch.Tensor]:
     return load_file(str(FIX / "io.safetensors"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model(grid: int | None = None) -> Showo2Model:
     """The fixture weights loaded through the official-key loading path (meta build + assign)."""
     over = {} if grid is None else dict(image_latent_height=grid, image_latent_width=grid)

@@ -11,7 +11,14 @@ import torch
 
 import training.loop as loop
 from models import Showo2Config, Showo2Model
-from training.distill import SemanticStudent, build_teacher, cosine_distill_loss, load_semantic_layers, save_semantic_layers, teacher_features
+from training.distill import (
+    SemanticStudent,
+    build_teacher,
+    cosine_distill_loss,
+    load_semantic_layers,
+    save_semantic_layers,
+    teacher_features,
+)
 from training.logging import NonFiniteLossError
 from utils.config import load_config
 

@@ -9,8 +9,6 @@ config (``accelerate_configs/``); see ``setup_accelerator`` for what we pin.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import time
 from collections.abc import Mapping

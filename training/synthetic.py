@@ -128,7 +128,7 @@ class SyntheticSource:
         m = batch["modality_positions"].shape[1]
         items, t_min = [], []
         dummy = torch.zeros_like(pixels[0][0])
-        for r, (row, px) in enumerate(zip(rows, pixels)):
+        for row, px in zip(rows, pixels):
             for j in range(m):
                 if j < len(px):
                     items.append(px[j])

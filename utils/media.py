@@ -317,8 +317,9 @@ def write_video(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part" + path.suffix)  # never leave a half-written file under the real name
     try:
-        import av
         from fractions import Fraction
+
+        import av
 
         arr_even = _even(arr)
         rate = Fraction(fps).limit_denominator(1001)
