@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +182,17 @@ def load_eval_config(argv: Sequence[str] | None, defaults: dict[str, Any], usage
         else:
             rest.append(a)
     return load_config(rest, base, usage)
+
+
+def run_sampler_cli(argv: Sequence[str] | None, defaults: dict[str, Any], usage: str,
+                    sample_fn: Callable[[dict[str, Any], Any], list[int]], pipe: Any = None) -> list[int]:
+    """Shared ``main`` of the benchmark samplers: config, output folder, the effective settings saved *next to*
+    (not inside) the output folder (the external scorers treat every entry inside as a sample), then sampling."""
+    from utils.config import save_config, to_plain
+
+    cfg = load_eval_config(argv, defaults, usage)
+    Path(cfg.outdir).mkdir(parents=True, exist_ok=True)
+    rank, _ = process_rank(cfg.device_id, cfg.num_devices)
+    if rank == 0:
+        save_config(cfg, Path(cfg.outdir).with_name(Path(cfg.outdir).name + "_config.yaml"))
+    return sample_fn(to_plain(cfg), pipe)

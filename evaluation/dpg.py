@@ -106,16 +106,9 @@ def sample_dpg(cfg: dict[str, Any], pipe: Any = None) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None, pipe: Any = None) -> list[int]:
-    from evaluation.common import load_eval_config
-    from utils.config import save_config, to_plain
+    from evaluation.common import run_sampler_cli
 
-    cfg = load_eval_config(argv, DEFAULTS, USAGE)
-    Path(cfg.outdir).mkdir(parents=True, exist_ok=True)
-    rank, _ = process_rank(cfg.device_id, cfg.num_devices)
-    if rank == 0:  # outside the image folder: the DPG scorer treats every file in it as an image
-        save_config(cfg, Path(cfg.outdir).with_name(Path(cfg.outdir).name + "_config.yaml"))
-    return sample_dpg(to_plain(cfg), pipe)
-
+    return run_sampler_cli(argv, DEFAULTS, USAGE, sample_dpg, pipe)
 
 if __name__ == "__main__":
     main(sys.argv[1:])
