@@ -196,3 +196,40 @@ def run_sampler_cli(argv: Sequence[str] | None, defaults: dict[str, Any], usage:
     if rank == 0:
         save_config(cfg, Path(cfg.outdir).with_name(Path(cfg.outdir).name + "_config.yaml"))
     return sample_fn(to_plain(cfg), pipe)
+
+
+def sample_prompt_shard(cfg: dict[str, Any], prompts: list[dict[str, Any]], pipe: Any, *, tag: str,
+                        is_done: Callable[[int], bool], write: Callable[[int, list[Image.Image]], None]) -> list[int]:
+    """The benchmark sampling loop shared by GenEval and DPG: this process's contiguous share of ``prompts``,
+    prompts already done skipped (resume), ``n_samples`` images per prompt seeded by the global index (results do
+    not depend on sharding or batching), whole prompts per pipeline call so each output completes at once.
+    Returns the global indices written."""
+    import time
+
+    rank, world = process_rank(cfg["device_id"], cfg["num_devices"])
+    mine = shard_indices(len(prompts), rank, world)
+    todo = [i for i in mine if not is_done(i)]
+    print(f"[{tag}] rank {rank}/{world}: {len(mine)} prompts, {len(mine) - len(todo)} already done", flush=True)
+    if not todo:
+        return []
+    if pipe is None:
+        pipe = load_pipeline(cfg["model_path"], cfg["vae_path"], cfg["tokenizer_path"], cfg["device"], cfg["dtype"])
+    n = int(cfg["n_samples"])
+    per_call = max(1, int(cfg["batch_size"]) // n)
+    done: list[int] = []
+    t0 = time.time()
+    for s in range(0, len(todo), per_call):
+        idx = todo[s:s + per_call]
+        texts = [prompts[i]["prompt"] for i in idx for _ in range(n)]
+        seeds = [x for i in idx for x in sample_seeds(int(cfg["seed"]), i, n)]
+        images = pipe.text_to_image(texts, guidance_scale=float(cfg["guidance_scale"]),
+                                    num_steps=int(cfg["num_inference_steps"]), sampler=cfg["sampler"], seeds=seeds,
+                                    batch_size=int(cfg["batch_size"]), resolution=int(cfg["resolution"]),
+                                    progress=False)
+        if len(images) != len(texts):
+            raise RuntimeError(f"pipeline returned {len(images)} images for {len(texts)} prompts")
+        for j, i in enumerate(idx):
+            write(i, images[j * n:(j + 1) * n])
+            done.append(i)
+        print(f"[{tag}] rank {rank}: {len(done)}/{len(todo)} prompts ({time.time() - t0:.0f}s)", flush=True)
+    return done

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.common import load_pipeline, make_grid, process_rank, sample_seeds, save_png_atomic, shard_indices
+from evaluation.common import make_grid, sample_prompt_shard, save_png_atomic
 
 __all__ = ["DEFAULTS", "load_dpg_prompts", "sample_dpg", "main"]
 
@@ -75,34 +74,13 @@ def sample_dpg(cfg: dict[str, Any], pipe: Any = None) -> list[int]:
     prompts = load_dpg_prompts(cfg["validation_prompts_file"])
     if cfg["max_prompts"] and cfg["max_prompts"] > 0:
         prompts = prompts[: cfg["max_prompts"]]
-    rank, world = process_rank(cfg["device_id"], cfg["num_devices"])
-    mine = shard_indices(len(prompts), rank, world)
-    outdir = Path(cfg["outdir"])
-    todo = [i for i in mine if not grid_path(outdir, prompts[i]).is_file()]
-    print(f"[dpg] rank {rank}/{world}: {len(mine)} prompts, {len(mine) - len(todo)} already done", flush=True)
-    if not todo:
-        return []
-    if pipe is None:
-        pipe = load_pipeline(cfg["model_path"], cfg["vae_path"], cfg["tokenizer_path"], cfg["device"], cfg["dtype"])
-    res = int(cfg["resolution"])
-    per_call = max(1, int(cfg["batch_size"]) // n)
-    done: list[int] = []
-    t0 = time.time()
-    for s in range(0, len(todo), per_call):
-        idx = todo[s:s + per_call]
-        texts = [prompts[i]["prompt"] for i in idx for _ in range(n)]
-        seeds = [x for i in idx for x in sample_seeds(int(cfg["seed"]), i, n)]
-        images = pipe.text_to_image(texts, guidance_scale=float(cfg["guidance_scale"]),
-                                    num_steps=int(cfg["num_inference_steps"]), sampler=cfg["sampler"], seeds=seeds,
-                                    batch_size=int(cfg["batch_size"]), resolution=res, progress=False)
-        if len(images) != len(texts):
-            raise RuntimeError(f"pipeline returned {len(images)} images for {len(texts)} prompts")
-        for j, i in enumerate(idx):
-            grid = make_grid(images[j * n:(j + 1) * n], cols=GRID, rows=GRID, tile=res)
-            save_png_atomic(grid, grid_path(outdir, prompts[i]))
-            done.append(i)
-        print(f"[dpg] rank {rank}: {len(done)}/{len(todo)} prompts ({time.time() - t0:.0f}s)", flush=True)
-    return done
+    outdir, res = Path(cfg["outdir"]), int(cfg["resolution"])
+
+    def write(i: int, images: list) -> None:
+        save_png_atomic(make_grid(images, cols=GRID, rows=GRID, tile=res), grid_path(outdir, prompts[i]))
+
+    return sample_prompt_shard(cfg, prompts, pipe, tag="dpg", write=write,
+                               is_done=lambda i: grid_path(outdir, prompts[i]).is_file())
 
 
 def main(argv: Sequence[str] | None = None, pipe: Any = None) -> list[int]:

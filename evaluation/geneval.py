@@ -22,18 +22,14 @@ files all exist is skipped (resume).
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from evaluation.common import (
     geneval_prompt_complete,
-    load_pipeline,
-    process_rank,
     read_jsonl,
-    sample_seeds,
-    shard_indices,
+    sample_prompt_shard,
     write_geneval_prompt,
 )
 
@@ -75,38 +71,17 @@ def load_geneval_prompts(path: str | Path) -> list[dict[str, Any]]:
 
 
 def sample_geneval(cfg: dict[str, Any], pipe: Any = None) -> list[int]:
-    """Sample this process's share of prompts; returns the global indices it wrote (skips excluded)."""
+    """Sample this process's share of prompts; returns the global indices it wrote (skips completed ones)."""
     prompts = load_geneval_prompts(cfg["validation_prompts_file"])
     if cfg["max_prompts"] and cfg["max_prompts"] > 0:
         prompts = prompts[: cfg["max_prompts"]]
-    rank, world = process_rank(cfg["device_id"], cfg["num_devices"])
-    mine = shard_indices(len(prompts), rank, world)
-    n = int(cfg["n_samples"])
-    outdir = Path(cfg["outdir"])
-    todo = [i for i in mine if not geneval_prompt_complete(outdir, i, n)]
-    print(f"[geneval] rank {rank}/{world}: {len(mine)} prompts, {len(mine) - len(todo)} already done", flush=True)
-    if not todo:
-        return []
-    if pipe is None:
-        pipe = load_pipeline(cfg["model_path"], cfg["vae_path"], cfg["tokenizer_path"], cfg["device"], cfg["dtype"])
-    per_call = max(1, int(cfg["batch_size"]) // n)  # whole prompts per call so each folder completes at once
-    done: list[int] = []
-    t0 = time.time()
-    for s in range(0, len(todo), per_call):
-        idx = todo[s:s + per_call]
-        texts = [prompts[i]["prompt"] for i in idx for _ in range(n)]
-        seeds = [x for i in idx for x in sample_seeds(int(cfg["seed"]), i, n)]
-        images = pipe.text_to_image(texts, guidance_scale=float(cfg["guidance_scale"]),
-                                    num_steps=int(cfg["num_inference_steps"]), sampler=cfg["sampler"], seeds=seeds,
-                                    batch_size=int(cfg["batch_size"]), resolution=int(cfg["resolution"]),
-                                    progress=False)
-        if len(images) != len(texts):
-            raise RuntimeError(f"pipeline returned {len(images)} images for {len(texts)} prompts")
-        for j, i in enumerate(idx):
-            write_geneval_prompt(outdir, i, prompts[i], images[j * n:(j + 1) * n], save_grid=bool(cfg["save_grid"]))
-            done.append(i)
-        print(f"[geneval] rank {rank}: {len(done)}/{len(todo)} prompts ({time.time() - t0:.0f}s)", flush=True)
-    return done
+    n, outdir = int(cfg["n_samples"]), Path(cfg["outdir"])
+
+    def write(i: int, images: list) -> None:
+        write_geneval_prompt(outdir, i, prompts[i], images, save_grid=bool(cfg["save_grid"]))
+
+    return sample_prompt_shard(cfg, prompts, pipe, tag="geneval", write=write,
+                               is_done=lambda i: geneval_prompt_complete(outdir, i, n))
 
 
 def main(argv: Sequence[str] | None = None, pipe: Any = None) -> list[int]:
