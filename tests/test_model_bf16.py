@@ -5,10 +5,9 @@ import functools
 from pathlib import Path
 
 import torch
+from parity_model import load_parity_model
 from safetensors.torch import load_file
 
-from models.checkpoints import build_empty, load_state_dict_into, materialize
-from models.config import Showo2Config
 from models.rope import bf16_round
 
 FIX = Path(__file__).parent / "fixtures" / "parity"
@@ -17,9 +16,7 @@ FIX = Path(__file__).parent / "fixtures" / "parity"
 
 
 def load(**over):
-    m = build_empty(Showo2Config.preset("tiny", **over))
-    load_state_dict_into(m, load_file(str(FIX / "weights.safetensors")), assign=True)
-    return materialize(m).eval()
+    return load_parity_model(**over)
 
 
 @functools.cache

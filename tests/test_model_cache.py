@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity_model import load_parity_model
 from safetensors.torch import load_file
 
-from models.checkpoints import build_empty, load_state_dict_into, materialize
-from models.config import Showo2Config
 from models.showo2 import Showo2Model
 
 FIX = Path(__file__).parent / "fixtures" / "parity"
@@ -18,9 +17,7 @@ PAD = 498  # <|image_pad|> of the tiny vocabulary
 
 @functools.cache
 def model() -> Showo2Model:
-    m = build_empty(Showo2Config.preset("tiny"))
-    load_state_dict_into(m, load_file(str(FIX / "weights.safetensors")), assign=True)
-    return materialize(m).eval()
+    return load_parity_model()
 
 
 def t2i_batch(seed: int = 0):

@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from parity_model import load_parity_model
 from safetensors.torch import load_file
 
-from models.checkpoints import build_empty, load_state_dict_into, materialize
-from models.config import Showo2Config
 from models.layout import build_layout
 from models.losses import flow_loss, velocity_to_tokens
 from models.showo2 import Showo2Model
@@ -16,9 +15,7 @@ FIX = Path(__file__).parent / "fixtures" / "parity"
 
 
 def _model() -> Showo2Model:
-    m = build_empty(Showo2Config.preset("tiny"))
-    load_state_dict_into(m, load_file(str(FIX / "weights.safetensors")), assign=True)
-    return materialize(m)
+    return load_parity_model().train()
 
 
 def _reference_flow_loss(m, io, image_masks):

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity_model import load_parity_model
 from safetensors.torch import load_file
 
 from models.attention import omni_attention_mask
-from models.checkpoints import build_empty, load_state_dict_into, materialize
-from models.config import Showo2Config
 from models.layout import build_layout
 from models.losses import ntp_loss
 from models.showo2 import Showo2Model
@@ -38,9 +37,7 @@ def io() -> dict[str, torch.Tensor]:
 def model(grid: int | None = None) -> Showo2Model:
     """The fixture weights loaded through the official-key loading path (meta build + assign)."""
     over = {} if grid is None else dict(image_latent_height=grid, image_latent_width=grid)
-    m = build_empty(Showo2Config.preset("tiny", **over))
-    load_state_dict_into(m, load_file(str(FIX / "weights.safetensors")), strict=True, assign=True)
-    return materialize(m).eval()
+    return load_parity_model(**over)
 
 
 def close(name: str, got: torch.Tensor, ref: torch.Tensor, atol: float = ATOL, rtol: float = RTOL) -> None:
