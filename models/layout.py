@@ -69,14 +69,26 @@ def build_layout(modality_positions: torch.Tensor, q_len: int, q_offset: int = 0
     return VisualLayout(item, local, emb_item, emb_local)
 
 
-def gather_slots(table: torch.Tensor, item: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+def gather_slots(table: torch.Tensor, item: torch.Tensor, local: torch.Tensor, validate: bool = True) -> torch.Tensor:
     """table (N, S, D) per-item block content, item/local (B, q) -> (B, q, D); rows with item < 0 get zeros
-    (callers mask them). One gather, no loops."""
+    (callers mask them). One gather, no loops. ``validate=False`` skips the block-length check (a host-device
+    sync) when the caller already checked the slots on the host (`check_block_lengths`)."""
     n, s, d = table.shape
     if n == 0:
         return table.new_zeros(*item.shape, d)
-    if bool((local >= s).any()):
+    if validate and bool((local >= s).any()):
         raise ValueError(f"a visual block is longer than its item: block position {int(local.max())} "
                          f">= 1 + {s - 1} tokens")
     flat = item.clamp(min=0) * s + local
     return table.reshape(n * s, d)[flat]
+
+
+def check_block_lengths(modality_positions: torch.Tensor, tokens_per_item: int) -> bool:
+    """Host-side check that no block (time slot + tokens) is longer than its item; True if it could be checked
+    without touching an accelerator (positions on the CPU), False otherwise (callers then validate on device)."""
+    if modality_positions.device.type != "cpu" or modality_positions.numel() == 0:
+        return modality_positions.numel() == 0
+    longest = int(modality_positions[..., 1].max())
+    if longest - 1 > tokens_per_item:
+        raise ValueError(f"a visual block is longer than its item: {longest} positions > 1 + {tokens_per_item} tokens")
+    return True

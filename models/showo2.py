@@ -18,7 +18,7 @@ from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 from .attention import flex_block_mask, omni_attention_mask
 from .config import Showo2Config
 from .flow_head import FinalLayer, ModulatedAttentionBlock, TimestepEmbedder
-from .layout import VisualLayout, build_layout, gather_slots
+from .layout import VisualLayout, build_layout, check_block_lengths, gather_slots
 from .losses import flow_loss, ntp_loss, tokens_to_velocity, velocity_to_tokens
 from .norms import RMSNorm
 from .rope import RotaryEmbedding, bf16_round, default_inv_freq, flow_head_inv_freq
@@ -215,10 +215,10 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         return t_emb, tok
 
     def scatter_visual(self, embeds: torch.Tensor, layout: VisualLayout, time_tokens: torch.Tensor,
-                       visual: torch.Tensor) -> torch.Tensor:
+                       visual: torch.Tensor, validate: bool = True) -> torch.Tensor:
         """Write time tokens and visual tokens into their block positions. embeds (B, L, H) -> (B, L, H)."""
         table = torch.cat([time_tokens[:, None].to(embeds.dtype), visual.to(embeds.dtype)], dim=1)  # (N, 1+n, H)
-        placed = gather_slots(table, layout.emb_item, layout.emb_local)
+        placed = gather_slots(table, layout.emb_item, layout.emb_local, validate)
         return torch.where((layout.emb_item >= 0)[..., None], placed, embeds)
 
     def run_flow_head(self, hidden: torch.Tensor, t_emb: torch.Tensor, mod_index: torch.Tensor,
@@ -299,6 +299,7 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         kv_len = past_len + q_len
 
         layout = None
+        host_positions = modality_positions   # validated on the host (no device sync) when they live there
         if modality_positions is not None:
             modality_positions = modality_positions.to(device)
             layout = build_layout(modality_positions, q_len, position_offset, self.config.bos_overwrite_quirk)
@@ -313,7 +314,9 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
                 visual = visual_tokens.to(device)
             else:
                 visual = self._encode_needed(image_latents.to(device), layout, visual_pool)
-            inputs_embeds = self.scatter_visual(inputs_embeds, layout, time_tok, visual)
+            # an empty table means no visual token of this chunk needs one (see `_encode_needed`)
+            checked = visual.shape[1] == 0 or check_block_lengths(host_positions, visual.shape[1])
+            inputs_embeds = self.scatter_visual(inputs_embeds, layout, time_tok, visual, validate=not checked)
 
         mask = attention_mask
         if mask is None and self.attention_backend == "flex":

@@ -223,3 +223,16 @@ def test_bos_overwrite_quirk_forward():
     b = off(inputs_embeds=emb, image_latents=lat, t=t, modality_positions=mp)
     assert torch.allclose(a.logits, b.logits, atol=1e-6) and torch.allclose(a.v_tokens, b.v_tokens, atol=1e-6)
     assert not torch.allclose(a.logits, off(ids, image_latents=lat, t=t, modality_positions=mp).logits)
+
+
+def test_forward_rejects_a_block_longer_than_its_item_on_the_host():
+    """The model checks CPU-resident slots on the host (no device sync per step) with the same clear error."""
+    from models.layout import check_block_lengths
+
+    assert check_block_lengths(torch.tensor([[[2, 17]]]), 16)
+    with pytest.raises(ValueError, match="longer than its item"):
+        check_block_lengths(torch.tensor([[[2, 18]]]), 16)
+    m = Showo2Model(Showo2Config.preset("tiny")).eval()
+    ids = torch.full((1, 24), 498)
+    with torch.no_grad(), pytest.raises(ValueError, match="longer than its item"):
+        m(ids, image_latents=torch.randn(1, 16, 8, 8), t=torch.ones(1), modality_positions=torch.tensor([[[2, 20]]]))
