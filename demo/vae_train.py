@@ -16,11 +16,10 @@ that ``WanVAE.load(folder)`` reads, and every later step uses it only through ``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,39 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["load_images", "train_vae", "recon_grid", "single_frame_fast_convs", "fold_latent_standardisation"]
-
-
-@contextlib.contextmanager
-def single_frame_fast_convs() -> Iterator[None]:
-    """Run diffusers' ``WanCausalConv3d`` on one-frame inputs as the equivalent 2D convolution.
-
-    A causal 3D conv pads ``kernel_t - 1`` zero frames *before* the clip; on a one-frame image only the
-    last temporal slice of the kernel ever meets data, so ``conv3d(pad(x)) == conv2d(x, w[:, :, -1])``
-    exactly. CPU conv3d (especially its backward) is several times slower than conv2d for these tiny
-    widths, and the zero frames triple the work, so VAE training on images uses this identity. It
-    changes nothing about the weights or the model: loading and inference use diffusers unmodified
-    (``tests/test_demo_vae.py`` checks the two paths agree). Multi-frame inputs take the original path.
-    """
-    from diffusers.models.autoencoders import autoencoder_kl_wan as wan
-
-    orig = wan.WanCausalConv3d.forward
-
-    def forward(self, x, cache_x=None):  # noqa: ANN001 - same signature as diffusers
-        kt = self.kernel_size[0]
-        if (x.shape[2] == 1 and cache_x is None and self.stride[0] == 1 and self.groups == 1
-                and self._padding[4] == kt - 1 and self._padding[5] == 0):
-            pw0, pw1, ph0, ph1 = self._padding[:4]
-            y = F.conv2d(F.pad(x[:, :, 0], (pw0, pw1, ph0, ph1)), self.weight[:, :, -1].contiguous(), self.bias,
-                         stride=self.stride[1:], dilation=self.dilation[1:])
-            return y.unsqueeze(2)
-        return orig(self, x, cache_x)
-
-    wan.WanCausalConv3d.forward = forward
-    try:
-        yield
-    finally:
-        wan.WanCausalConv3d.forward = orig
+__all__ = ["load_images", "train_vae", "recon_grid", "fold_latent_standardisation"]
 
 
 def load_images(paths: Sequence[str | Path], resolution: int) -> torch.Tensor:
@@ -113,13 +80,14 @@ def train_vae(
     from diffusers import AutoencoderKLWan
     from tqdm import tqdm
 
-    from models.vae import WAN21_LATENT_MEAN, WAN21_LATENT_STD
+    from models.vae import WAN21_LATENT_MEAN, WAN21_LATENT_STD, enable_single_frame_fast_path
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     cfg = {k: v for k, v in config.items() if not k.startswith("_")}
     vae = AutoencoderKLWan(**cfg).train()
+    enable_single_frame_fast_path(vae)  # images are one-frame clips: conv2d instead of padded conv3d
     with torch.no_grad():  # start with a nearly deterministic posterior (sigma ~ 0.05) so the decoder
         # can use the latent from step 0; with sigma = 1 at init a small VAE collapses (latent ignored)
         zc = vae.quant_conv.out_channels // 2
@@ -140,8 +108,6 @@ def train_vae(
     bar = tqdm(range(steps), desc="train VAE", unit="step", disable=not progress, mininterval=2.0)
     t0 = time.time()
     ema = None
-    fast = single_frame_fast_convs()
-    fast.__enter__()
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -172,7 +138,6 @@ def train_vae(
             metrics.write(json.dumps(rec_row) + "\n")
             metrics.flush()
             bar.set_postfix(rec=f"{ema:.4f}", kl=f"{kl.item():.2f}", zstd=f"{rec_row['latent_std']:.2f}")
-    fast.__exit__(None, None, None)
     metrics.close()
     vae.eval()
     stats = fold_latent_standardisation(vae, images[: min(n, 512)])
@@ -197,10 +162,9 @@ def fold_latent_standardisation(vae: Any, images: torch.Tensor, batch_size: int 
     from models.vae import WAN21_LATENT_MEAN, WAN21_LATENT_STD
 
     mus = []
-    with single_frame_fast_convs():
-        for i in range(0, images.shape[0], batch_size):
-            x = _to_pm1(images[i:i + batch_size]).unsqueeze(2)
-            mus.append(vae.encode(x).latent_dist.mean)
+    for i in range(0, images.shape[0], batch_size):
+        x = _to_pm1(images[i:i + batch_size]).unsqueeze(2)
+        mus.append(vae.encode(x).latent_dist.mean)
     mu = torch.cat(mus)  # (N, C, 1, h, w), raw
     c = mu.mean(dim=(0, 2, 3, 4))
     d = mu.std(dim=(0, 2, 3, 4)).clamp_min(1e-6)

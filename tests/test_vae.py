@@ -172,3 +172,32 @@ def test_bad_shapes(vae: WanVAE) -> None:
         vae.encode(torch.zeros(1, 4, 16, 16))
     with pytest.raises(ValueError, match="16 channels"):
         vae.decode(torch.zeros(1, 8, 2, 2))
+
+
+def test_single_frame_fast_path_matches_diffusers_conv3d() -> None:
+    """The conv2d shortcut for one-frame causal convs gives diffusers' conv3d numbers (images, videos, grads)."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    from models.vae import enable_single_frame_fast_path
+
+    torch.set_num_threads(1)
+    fast = WanVAE.from_config(seed=0)
+    plain = WanVAE.from_config(seed=0, single_frame_fast_path=False)
+    convs = [m for m in fast.vae.modules() if isinstance(m, WanCausalConv3d)]
+    assert convs and all("forward" in vars(m) for m in convs)
+    assert not any("forward" in vars(m) for m in plain.vae.modules() if isinstance(m, WanCausalConv3d))
+    for x in (_pixels(2, 3, 16, 16, seed=3), _pixels(1, 3, 5, 16, 16, seed=4)):  # an image, a 5-frame clip
+        z_fast, z_plain = fast.encode(x, sample=False), plain.encode(x, sample=False)
+        torch.testing.assert_close(z_fast, z_plain, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast.decode(z_plain), plain.decode(z_plain), rtol=1e-5, atol=1e-5)
+    # gradients of one 3x3x3 causal conv: only the last temporal slice meets data
+    torch.manual_seed(0)
+    conv = WanCausalConv3d(4, 6, 3, padding=1)
+    xi = torch.randn(2, 4, 1, 8, 8)
+    conv(xi).square().sum().backward()
+    ref = (conv.weight.grad.clone(), conv.bias.grad.clone())
+    conv.zero_grad()
+    assert enable_single_frame_fast_path(conv) == 1
+    conv(xi).square().sum().backward()
+    torch.testing.assert_close(conv.weight.grad, ref[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(conv.bias.grad, ref[1], rtol=1e-4, atol=1e-5)
