@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 __all__ = ["load_images", "train_vae", "recon_grid", "fold_latent_standardisation"]
