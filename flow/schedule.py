@@ -44,8 +44,11 @@ def sample_train_timesteps(
     t_min: Tensor | float = 0.0,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    shift: float | None = None,
 ) -> Tensor:
     """Logit-normal(0, 1) times in [t_min, 1], shifted for ``seq_len`` visual tokens (None: no shift).
+
+    ``shift`` overrides the resolution-derived factor with a fixed one (k > 1 moves times towards noise).
 
     ``t_min`` may be a per-item tensor: understanding items use t_min = 1 and therefore stay clean.
     Returns float32 (n,) on ``device``; drawn on the generator's device (CPU by default) so runs are
@@ -55,7 +58,9 @@ def sample_train_timesteps(
     u = torch.randn(n, generator=generator, device=gen_device, dtype=torch.float32)
     t_min = torch.as_tensor(t_min, dtype=torch.float32, device=gen_device)
     t = torch.sigmoid(u) * (1.0 - t_min) + t_min
-    if seq_len is not None:
+    if shift is not None:
+        t = shift_time(t, float(shift))
+    elif seq_len is not None:
         t = shift_time(t, resolution_shift(seq_len))
     return t.to(device)
 

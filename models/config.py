@@ -139,6 +139,7 @@ class Showo2Config:
     siglip: dict = field(default_factory=lambda: copy.deepcopy(SIGLIP_SO400M_384))
     flow_head: dict = field(default_factory=lambda: copy.deepcopy(FLOW_HEAD_DEFAULT))
     # project fields
+    timestep_scale: float = 1.0         # t multiplier before the sinusoids (official raw t = 1, quirk Q10)
     rope_bf16_parity: bool = False      # spec Q1: bf16-rounded RoPE frequencies when the model runs in bf16
     bos_overwrite_quirk: bool = False   # spec Q9: (0, 0) slots write their time token into position 0
     gradient_checkpointing: bool = False
@@ -237,6 +238,8 @@ class Showo2Config:
         if include_subconfigs:
             out.update(qwen2=copy.deepcopy(self.qwen2), siglip=copy.deepcopy(self.siglip),
                        flow_head=copy.deepcopy(self.flow_head))
+        if self.timestep_scale != 1.0:  # a from-scratch model's choice; the official loader ignores the key
+            out["timestep_scale"] = self.timestep_scale
         return out
 
     @classmethod

@@ -18,18 +18,26 @@ from .rope import apply_rotary
 
 
 class TimestepEmbedder(nn.Module):
-    """Raw t in [0, 1] -> [cos(t f), sin(t f)] (fp32, 256-d) -> Linear -> SiLU -> Linear. (N,) -> (N, D)."""
+    """Raw t in [0, 1] -> [cos(t f), sin(t f)] (fp32, 256-d) -> Linear -> SiLU -> Linear. (N,) -> (N, D).
 
-    def __init__(self, hidden_size: int, frequency_dim: int = 256, max_period: float = 10000.0) -> None:
+    ``scale`` multiplies t first. Official Show-o2 feeds raw t (scale 1, quirk Q10), so the sinusoids
+    barely move over [0, 1] (the fastest one spans one radian); the released weights need it that way.
+    A model trained from scratch can use scale 1000 (the DiT convention) to see the noise level clearly.
+    """
+
+    def __init__(self, hidden_size: int, frequency_dim: int = 256, max_period: float = 10000.0,
+                 scale: float = 1.0) -> None:
         super().__init__()
         self.frequency_dim = frequency_dim
         self.max_period = max_period
+        self.scale = float(scale)
         self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
     def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
         half = self.frequency_dim // 2
         freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-        args = t.reshape(-1, 1).float() * freqs[None]
+        t = t.reshape(-1, 1).float()
+        args = (t * self.scale if self.scale != 1.0 else t) * freqs[None]
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:

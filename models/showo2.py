@@ -70,7 +70,8 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         self.position_embedding = nn.Embedding(c.num_positions, ds)
         self.und_trans = build_semantic_encoder(c.siglip)
         self.fusion_proj = nn.Sequential(RMSNorm(ds + h, eps=1e-6), nn.Linear(ds + h, h), nn.GELU(), nn.Linear(h, h))
-        self.time_embed = TimestepEmbedder(df, c.flow_head.get("timestep_frequency_dim", 256))
+        self.time_embed = TimestepEmbedder(df, c.flow_head.get("timestep_frequency_dim", 256),
+                                           scale=c.timestep_scale)
         if h != df:
             self.diff_proj = nn.Sequential(nn.Linear(h, df), nn.GELU(), nn.Linear(df, df))
             self.time_embed_proj = nn.Linear(df, h)

@@ -48,6 +48,17 @@ def test_train_timesteps_seeded_and_clean_items_stay_clean():
     assert abs(many.median().item() - 0.359) < 0.01
 
 
+def test_fixed_train_shift_overrides_the_resolution_shift():
+    # median of logit-normal(0, 1) is 0.5; a fixed shift k maps it to 1 - k*0.5 / (1 + (k-1)*0.5) = 1 / (1 + k)
+    many = sample_train_timesteps(20000, 730, generator=torch.Generator().manual_seed(1), shift=6.0)
+    assert abs(many.median().item() - 1 / 7) < 0.01
+    u = torch.sigmoid(torch.randn(5, generator=torch.Generator().manual_seed(2)))
+    got = sample_train_timesteps(5, 17, generator=torch.Generator().manual_seed(2), shift=3.0)
+    torch.testing.assert_close(got, shift_time(u, 3.0))
+    clean = sample_train_timesteps(2, None, t_min=torch.ones(2), generator=torch.Generator().manual_seed(0), shift=6.0)
+    assert torch.equal(clean, torch.ones(2))
+
+
 def test_linear_path_and_target():
     x0, x1 = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
     t = torch.tensor([0.0, 1.0])

@@ -90,3 +90,21 @@ def test_demo_preset_is_small():
     model = build_empty(Showo2Config.preset("demo", llm_vocab_size=600))
     assert model.showo.model.embed_tokens.weight.shape[0] == 600
     assert model.num_parameters() < 5_000_000
+
+
+def test_timestep_scale_multiplies_t_before_the_sinusoids(tmp_path):
+    from models.flow_head import TimestepEmbedder
+
+    t = torch.tensor([0.0, 0.25, 0.9])
+    raw = TimestepEmbedder(8, frequency_dim=16)
+    scaled = TimestepEmbedder(8, frequency_dim=16, scale=1000.0)
+    torch.testing.assert_close(scaled.sinusoid(t), raw.sinusoid(t * 1000.0))
+    # official raw t: the fastest sinusoid spans one radian over [0, 1]
+    assert torch.allclose(raw.sinusoid(torch.tensor([1.0]))[0, 0], torch.cos(torch.tensor(1.0)))
+    cfg = Showo2Config.preset("tiny", timestep_scale=1000.0)
+    assert Showo2Config.preset("tiny").timestep_scale == 1.0  # official default
+    assert Showo2Config.from_dict(cfg.to_dict()).timestep_scale == 1000.0
+    assert Showo2Config.from_official(cfg.to_official_dict()).timestep_scale == 1000.0
+    assert "timestep_scale" not in Showo2Config.preset("tiny").to_official_dict()
+    model = build_empty(cfg)
+    assert model.time_embed.scale == 1000.0

@@ -272,7 +272,8 @@ def flow_inputs(batch: Mapping[str, Any], vae, gen: torch.Generator, cfg: DictCo
             for j in range(k):
                 t_min[i * m + j] = 1.0
     seq_len = _visual_tokens(x1.shape[1:], int(fl.get("patch_size", 2))) if fl.get("resolution_shift", True) else None
-    t = sample_train_timesteps(n, seq_len, t_min=t_min, generator=gen)
+    fixed = fl.get("train_shift")
+    t = sample_train_timesteps(n, seq_len, t_min=t_min, generator=gen, shift=None if fixed is None else float(fixed))
     t = torch.where(t_min >= 1.0, torch.ones_like(t), t)  # exactly clean
     x0 = torch.randn(x1.shape, generator=gen, dtype=torch.float32).to(device)
     t_dev = t.to(device)
