@@ -59,6 +59,32 @@ def build_config(argv: list[str]) -> DictConfig:
     return cfg
 
 
+def _busy_cores(window_s: float = 0.5) -> float | None:
+    """Cores' worth of CPU time other processes used over the last ``window_s`` (Linux /proc/stat), or None.
+
+    Measured now rather than read from the load average: that is a one-minute mean, so right after
+    ``bash build_env.sh`` (or any finished job) it still reports a busy machine for a minute or more.
+    """
+    def sample() -> tuple[int, int] | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except (OSError, IndexError):
+            return None
+        vals = [int(v) for v in fields]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+        return sum(vals), idle
+
+    a = sample()
+    if a is None:
+        return None
+    time.sleep(window_s)
+    b = sample()
+    if b is None or b[0] <= a[0]:
+        return None
+    busy_frac = 1.0 - (b[1] - a[1]) / (b[0] - a[0])
+    return busy_frac * (os.cpu_count() or 1)
+
+
 def resolve_threads(threads: Any) -> int:
     """``auto``: every core when the machine is idle, else one thread.
 
@@ -68,10 +94,12 @@ def resolve_threads(threads: Any) -> int:
     if str(threads) != "auto":
         return max(1, int(threads))
     cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
+    busy = _busy_cores()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:
+            busy = 0.0
     return cores if busy < 0.5 else 1
 
 

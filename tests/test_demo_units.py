@@ -108,3 +108,32 @@ def test_report_writer(tmp_path: Path):
     assert "| generation" in md.read_text()
     table = score_table_text(scores, {"generation": 0.9})
     assert "0.500" in table and ">= 0.90" in table
+
+
+def _demo_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_script", Path(__file__).resolve().parents[1] / "demo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_threads_auto_measures_the_cores_in_use_now():
+    """threads=auto looks at CPU use over the last half second (not the 1-minute load average)."""
+    import os
+    import subprocess
+    import sys
+
+    m = _demo_script()
+    assert m.resolve_threads(3) == 3 and m.resolve_threads("1") == 1
+    if not Path("/proc/stat").is_file():
+        pytest.skip("no /proc/stat")
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = m._busy_cores(0.5)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert busy is not None and 0.5 < busy <= (os.cpu_count() or 1) + 1e-6
+    assert m.resolve_threads("auto") in (1, os.cpu_count())
