@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,3 +138,60 @@ def test_threads_auto_measures_the_cores_in_use_now():
         spin.wait()
     assert busy is not None and 0.5 < busy <= (os.cpu_count() or 1) + 1e-6
     assert m.resolve_threads("auto") in (1, os.cpu_count())
+
+
+class _IdentityVAE:
+    """A perfect 'VAE': the latent is the image itself."""
+
+    def encode(self, x, sample=False):
+        return x
+
+    def decode(self, z):
+        return z
+
+    @staticmethod
+    def to_uint8(x):
+        from models.vae import WanVAE
+
+        return WanVAE.to_uint8(x)
+
+
+class _BlurVAE(_IdentityVAE):
+    """Loses everything below 16 px (objects become blobs): far from the checker's ground truth."""
+
+    def decode(self, z):
+        small = torch.nn.functional.avg_pool2d(z, 16)
+        return torch.nn.functional.interpolate(small, scale_factor=16, mode="nearest")
+
+
+def test_vae_ceiling_is_one_for_a_perfect_round_trip_and_low_for_a_blurry_one():
+    from demo.probes import vae_ceiling
+
+    perfect = vae_ceiling(_IdentityVAE(), per_category=4)
+    assert perfect["overall"] == 1.0 and set(perfect) >= {"single_object", "counting", "position", "overall"}
+    assert vae_ceiling(_BlurVAE(), per_category=4)["overall"] < 0.3
+
+
+class _PaintPipe:
+    """Renders a square of the colour ``pick`` chooses from the prompt's colour word."""
+
+    def __init__(self, pick):
+        self.pick = pick
+
+    def text_to_image(self, prompts, **kw):
+        from datasets.shapes import PALETTE
+
+        out = []
+        for p in prompts:
+            img = np.full((64, 64, 3), 255, np.uint8)
+            img[20:40, 20:40] = PALETTE[self.pick(p.split()[1])]
+            out.append(img)
+        return out
+
+
+def test_colour_adherence_scores_the_dominant_colour():
+    from demo.probes import colour_adherence, dominant_colour
+
+    assert colour_adherence(_PaintPipe(lambda c: c))["accuracy"] == 1.0
+    assert colour_adherence(_PaintPipe(lambda c: "red"))["accuracy"] == 0.25  # one colour in four
+    assert dominant_colour(np.full((8, 8, 3), 255, np.uint8)) is None

@@ -1,0 +1,111 @@
+"""Diagnostic probes for the demo model: cheaper and more specific than a full benchmark run.
+
+* ``vae_ceiling``: the shapes-benchmark checker run on VAE round trips of ground-truth renders of the
+  benchmark prompts -- the best generation score any generator could get through this VAE.
+* ``colour_adherence``: fraction of "a <colour> <shape>" images whose dominant palette colour is the
+  asked one (chance 0.25) -- does the model read its caption at all?
+
+CLI (writes ``OUT/probes.json`` and prints it)::
+
+    python -m demo.probes run=demo_out out=demo_out/probes            # the demo's stage-2 model and VAE
+    python -m demo.probes run=demo_out model=demo_out/stage1/export   # another checkpoint, same VAE/tokenizer
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["vae_ceiling", "colour_adherence", "dominant_colour", "main"]
+
+
+@torch.no_grad()
+def vae_ceiling(vae: Any, resolution: int = 64, per_category: int = 24, batch_size: int = 32) -> dict[str, float]:
+    """Checker accuracy per category (and ``overall``, the mean of categories) on ``vae`` round trips.
+
+    ``vae`` needs ``encode(pixels, sample=False)``, ``decode(latents)`` and ``to_uint8`` as ``models.vae.WanVAE``.
+    """
+    from datasets.shapes import SceneSpec, layout_scene, render_scene
+    from evaluation.shapes_bench import check_image, default_prompt_set
+
+    prompts = default_prompt_set(per_category)
+    specs = [SceneSpec.from_dict(p["spec"]) for p in prompts]
+    images = [np.asarray(render_scene(layout_scene(s, random.Random(p["prompt"])), resolution))
+              for s, p in zip(specs, prompts)]
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    outs = [vae.to_uint8(vae.decode(vae.encode(x[i:i + batch_size], sample=False))) for i in range(0, len(x), batch_size)]
+    rec = torch.cat(outs).numpy()
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for img, spec, p in zip(rec, specs, prompts):
+        hits[p["tag"]].append(bool(check_image(img, spec)["correct"]))
+    res = {tag: float(np.mean(v)) for tag, v in hits.items()}
+    res["overall"] = float(np.mean(list(res.values())))
+    return res
+
+
+def dominant_colour(image: Any, background_max: int = 200) -> str | None:
+    """Palette colour name with the most non-background pixels (None for a blank image)."""
+    from datasets.shapes import PALETTE
+
+    names = list(PALETTE)
+    pal = np.array([PALETTE[c] for c in names], dtype=np.float64)
+    a = np.asarray(image).reshape(-1, 3).astype(np.float64)
+    fg = a[(a < background_max).any(axis=1)]
+    if len(fg) == 0:
+        return None
+    lab = ((fg[:, None] - pal[None]) ** 2).sum(-1).argmin(1)
+    return names[int(np.bincount(lab, minlength=len(names)).argmax())]
+
+
+def colour_adherence(pipe: Any, *, seeds_per_prompt: int = 2, guidance_scale: float = 1.0, num_steps: int = 25,
+                     shapes: Sequence[str] | None = None) -> dict[str, Any]:
+    """Generate "a <colour> <shape>" for every palette colour and shape; score the dominant colour.
+
+    ``pipe`` needs ``text_to_image(prompts, guidance_scale=, num_steps=, seeds=, batch_size=, progress=)``.
+    """
+    from datasets.shapes import COLORS, SHAPES
+
+    prompts = [(c, f"a {c} {s}") for c in COLORS for s in (shapes or SHAPES) for _ in range(seeds_per_prompt)]
+    images = pipe.text_to_image([p for _, p in prompts], guidance_scale=guidance_scale, num_steps=num_steps,
+                                seeds=list(range(len(prompts))), batch_size=24, progress=False)
+    right = [dominant_colour(img) == c for (c, _), img in zip(prompts, images)]
+    return {"accuracy": float(np.mean(right)), "n": len(right), "chance": 1.0 / len(COLORS),
+            "guidance_scale": guidance_scale}
+
+
+USAGE = """python -m demo.probes run=DEMO_OUT [model=DIR] [out=DIR] [guidance=1.0,3.0] [threads=2]
+run: a demo output folder (its vae/ and tokenizer/ are used; model defaults to run/stage2/export)."""
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
+    if "run" not in args:
+        raise SystemExit(USAGE)
+    run = Path(args["run"])
+    model = Path(args.get("model", run / "stage2" / "export"))
+    out = Path(args.get("out", run / "probes"))
+    torch.set_num_threads(int(args.get("threads", 1)))
+    from generation.pipeline import Showo2Pipeline
+    from models.vae import WanVAE
+
+    res: dict[str, Any] = {"model": str(model), "vae_ceiling": vae_ceiling(WanVAE.load(run / "vae"))}
+    pipe = Showo2Pipeline.from_pretrained(model, vae_path=run / "vae", tokenizer_path=run / "tokenizer",
+                                          device="cpu", dtype=torch.float32, resolution=64)
+    res["colour_adherence"] = [colour_adherence(pipe, guidance_scale=float(g))
+                               for g in str(args.get("guidance", "1.0,3.0")).split(",")]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probes.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()
