@@ -51,18 +51,16 @@ def vae_ceiling(vae: Any, resolution: int = 64, per_category: int = 24, batch_si
     return res
 
 
-def dominant_colour(image: Any, background_max: int = 200) -> str | None:
-    """Palette colour name with the most non-background pixels (None for a blank image)."""
-    from datasets.shapes import PALETTE
+def dominant_colour(image: Any, tol: float = 80.0) -> str | None:
+    """Palette colour with the most pixels as the benchmark checker labels them (None for a blank image)."""
+    from datasets.shapes import COLORS
+    from evaluation.shapes_bench import palette_labels
 
-    names = list(PALETTE)
-    pal = np.array([PALETTE[c] for c in names], dtype=np.float64)
-    a = np.asarray(image).reshape(-1, 3).astype(np.float64)
-    fg = a[(a < background_max).any(axis=1)]
-    if len(fg) == 0:
+    lab = palette_labels(np.asarray(image)[..., :3], tol)
+    lab = lab[lab >= 0]
+    if lab.size == 0:
         return None
-    lab = ((fg[:, None] - pal[None]) ** 2).sum(-1).argmin(1)
-    return names[int(np.bincount(lab, minlength=len(names)).argmax())]
+    return COLORS[int(np.bincount(lab, minlength=len(COLORS)).argmax())]
 
 
 def colour_adherence(pipe: Any, *, seeds_per_prompt: int = 2, guidance_scale: float = 1.0, num_steps: int = 25,

@@ -75,7 +75,7 @@ from evaluation.common import (
 
 __all__ = [
     "Detection", "detect_objects", "classify_shape", "check_image", "default_prompt_set", "default_question_set",
-    "normalize_answer", "score_generation", "score_understanding", "summarize", "format_table", "run_benchmark",
+    "normalize_answer", "palette_labels", "score_generation", "score_understanding", "summarize", "format_table", "run_benchmark",
     "main", "CATEGORIES",
 ]
 
@@ -111,7 +111,7 @@ class Detection:
 
 # ----------------------------------------------------------------------------------------------
 # Pixel checker.
-def _palette_labels(arr: np.ndarray, tol: float) -> np.ndarray:
+def palette_labels(arr: np.ndarray, tol: float) -> np.ndarray:
     """Per pixel: index into COLORS, -1 for background/other (nearest colour within ``tol``)."""
     refs = np.array([PALETTE[c] for c in COLORS] + [(255, 255, 255)], dtype=np.float32)
     x = arr.reshape(-1, 3).astype(np.float32)
@@ -186,7 +186,7 @@ def detect_objects(image: Image.Image | np.ndarray, *, tol: float = 80.0, min_ar
                              Image.NEAREST)
     arr = np.asarray(image)
     h, w = arr.shape[:2]
-    labels = _palette_labels(arr, tol)
+    labels = palette_labels(arr, tol)
     dets: list[Detection] = []
     for ci, color in enumerate(COLORS):
         mask = labels == ci

@@ -194,7 +194,7 @@ class VisualDenoiser:
         mp = torch.tensor([[[P, N]]] * R, dtype=torch.long, device=self.device)  # absolute positions
         mask = chunk_mask(self._key_valid, N, bidirectional=True)
         # CFG rows repeat the same latents: run the visual encoder (26 SigLIP layers at full size) once
-        vis = self.model.encode_visual(x_rows[: self.B]) if self.uncond else self.model.encode_visual(x_rows)
+        vis = self.model.encode_visual(x_rows[: self.B])
         if self.uncond:
             vis = torch.cat([vis, vis])
         out = self.model(

@@ -36,8 +36,7 @@ class TimestepEmbedder(nn.Module):
     def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
         half = self.frequency_dim // 2
         freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-        t = t.reshape(-1, 1).float()
-        args = (t * self.scale if self.scale != 1.0 else t) * freqs[None]
+        args = (t.reshape(-1, 1).float() * self.scale) * freqs[None]   # x 1.0 is exact: official numbers kept
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:

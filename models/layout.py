@@ -86,8 +86,10 @@ def gather_slots(table: torch.Tensor, item: torch.Tensor, local: torch.Tensor, v
 def check_block_lengths(modality_positions: torch.Tensor, tokens_per_item: int) -> bool:
     """Host-side check that no block (time slot + tokens) is longer than its item; True if it could be checked
     without touching an accelerator (positions on the CPU), False otherwise (callers then validate on device)."""
-    if modality_positions.device.type != "cpu" or modality_positions.numel() == 0:
-        return modality_positions.numel() == 0
+    if modality_positions.numel() == 0:
+        return True
+    if modality_positions.device.type != "cpu":
+        return False
     longest = int(modality_positions[..., 1].max())
     if longest - 1 > tokens_per_item:
         raise ValueError(f"a visual block is longer than its item: {longest} positions > 1 + {tokens_per_item} tokens")

@@ -365,7 +365,8 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
                 out.v_tokens = part.new_zeros(bsz, *part.shape[1:]).index_copy(0, rows, part)
             out.flow_past_key_values = flow_past_key_values
             if image_labels is not None:
-                out.loss_flow = self._flow_loss(out.v_tokens, image_labels.to(device), layout, image_masks)
+                out.loss_flow = self._flow_loss(out.v_tokens, image_labels.to(device), layout, image_masks,
+                                                host_positions)
 
         if not update_cache:   # read-only use: drop what this chunk appended
             for cache, old in ((past_key_values, past_len), (flow_past_key_values, flow_past_len)):
@@ -381,12 +382,14 @@ class Showo2Model(nn.Module, PyTorchModelHubMixin, library_name="showo2-reimpl")
         return ntp_loss(logits, tgt[sel], shift=False)
 
     def _flow_loss(self, v_tokens: torch.Tensor, image_labels: torch.Tensor, layout: VisualLayout | None,
-                   image_masks: torch.Tensor | None) -> torch.Tensor:
+                   image_masks: torch.Tensor | None, host_positions: torch.Tensor | None = None) -> torch.Tensor:
         if layout is None:
             raise ValueError("image_labels need modality_positions")
         tok = velocity_to_tokens(image_labels, self.config.patch_size).to(v_tokens.dtype)     # (N, n, D)
         table = torch.cat([tok.new_zeros(tok.shape[0], 1, tok.shape[-1]), tok], dim=1)      # time slot: no label
-        labels = gather_slots(table, layout.item, layout.local)
+        # training batches carry CPU positions: check them there, not with a device sync every step
+        checked = host_positions is not None and check_block_lengths(host_positions, tok.shape[1])
+        labels = gather_slots(table, layout.item, layout.local, validate=not checked)
         return flow_loss(v_tokens, labels, self._flow_selection(layout, image_masks))
 
     @staticmethod
