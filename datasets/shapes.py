@@ -15,10 +15,15 @@ written in the formats the real loaders read:
 * VIST-style stories: ``vist_train.json`` = ``[{"images": [...], "captions": [...]}]`` with JPEG
   paths relative to ``images/`` (the VIST loader appends ``.jpg`` unless present).
 
+Layouts: by default objects are placed anywhere at varying sizes. ``grid=N`` puts one fixed-size object
+in each used cell of an N x N grid instead (``layout_scene``). With cells that are whole visual tokens
+(grid 2 at 64 px: each object covers the same 2x2 tokens) a tiny model learns where objects go in
+minutes, which is what the CPU demo needs.
+
 Held-out compositions (``holdout=["blue triangle", "circle above square", "three squares"]``) never
 appear in any training image or caption; the eval files and the benchmark test them.
 
-CLI: ``python -m datasets.shapes out=DIR n_train=2000 resolution=64 holdout="blue triangle"``.
+CLI: ``python -m datasets.shapes out=DIR n_train=2000 resolution=64 grid=4 holdout="blue triangle"``.
 """
 
 from __future__ import annotations
@@ -314,13 +319,40 @@ def relation_holds(a: tuple[float, float], b: tuple[float, float], relation: str
     return along > margin and (not dominant or along >= abs(cross))
 
 
+GRID_FILL = 0.75  # grid layout: object side as a fraction of the cell side (12 px in a 16 px cell)
+
+
+def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int) -> list[tuple[int, int]] | None:
+    """(column, row) cells for the objects of ``spec`` on a ``grid`` x ``grid`` board; relation scenes
+    put both objects on one row (left/right) or one column (above/below), in the stated order."""
+    n = spec.count if spec.kind == "count" else len(spec.objects)
+    if spec.kind != "relation":
+        cells = [(c, r) for c in range(grid) for r in range(grid)]
+        return rng.sample(cells, n)
+    line, (i, j) = rng.randrange(grid), sorted(rng.sample(range(grid), 2))
+    first, second = (i, j) if spec.relation in ("left", "above") else (j, i)  # A's index, B's index
+    if spec.relation in ("left", "right"):
+        return [(first, line), (second, line)]
+    return [(line, first), (line, second)]
+
+
 def layout_scene(spec: SceneSpec, rng: random.Random, holdouts: Sequence[Holdout] = (),
-                 max_tries: int = 1000) -> list[Placed]:
+                 max_tries: int = 1000, grid: int = 0) -> list[Placed]:
     """Place the objects of ``spec`` (colours left open by the caption are drawn, avoiding held-out
-    compositions). Raises ValueError if no valid layout was found."""
+    compositions). Raises ValueError if no valid layout was found.
+
+    ``grid`` > 0: every object sits centred in its own cell of a ``grid`` x ``grid`` board, at a fixed
+    size (``GRID_FILL`` of the cell). When cells are whole visual tokens (a visual token is 16 px: 8x VAE,
+    2x2 patches; so grid 2 or 4 at 64 px) an object always covers the same tokens in the same way."""
     for _ in range(max_tries):
         colors = [o.color or rng.choice(COLORS) for o in spec.objects]
-        if spec.kind == "count":
+        if grid:
+            cells = _grid_cells(spec, rng, grid)
+            shapes = [spec.objects[min(k, len(spec.objects) - 1)].shape for k in range(len(cells))]
+            cols = [colors[min(k, len(colors) - 1)] for k in range(len(cells))]
+            objs = [Placed(s, c, (x + 0.5) / grid, (y + 0.5) / grid, GRID_FILL / grid)
+                    for s, c, (x, y) in zip(shapes, cols, cells)]
+        elif spec.kind == "count":
             s = rng.uniform(*COUNT_SIZE_RANGE)
             objs: list[Placed] = []
             for _i in range(spec.count):
@@ -455,6 +487,7 @@ class WorldConfig:
     p_no_color: float = 0.15
     seed: int = 0
     holdout: str = ",".join(DEFAULT_HOLDOUT)  # comma-separated patterns ("" = none)
+    grid: int = 0                # 0: objects anywhere, sizes vary | N: one fixed-size object per cell of an N x N grid
     video_format: str = "auto"   # auto: mp4 via utils.media.write_video (frame folders always written) | frames
 
 
@@ -465,13 +498,13 @@ def _item_rng(seed: int, split: str, i: int) -> random.Random:
 
 
 def _sample_scene(rng: random.Random, holdouts: Sequence[Holdout], p_no_color: float,
-                  kind: str | None = None) -> tuple[SceneSpec, list[Placed]]:
+                  kind: str | None = None, grid: int = 0) -> tuple[SceneSpec, list[Placed]]:
     for _ in range(1000):
         spec = sample_spec(rng, kind, p_no_color)
         if holdouts and is_held_out(spec, None, holdouts):  # caption itself names a held-out composition
             continue
         try:
-            return spec, layout_scene(spec, rng, holdouts)
+            return spec, layout_scene(spec, rng, holdouts, grid=grid)
         except ValueError:
             continue
     raise RuntimeError("holdout list excludes (almost) every scene")
@@ -507,13 +540,16 @@ def write_shapes_world(
     holdout: str | Iterable[str] | None = DEFAULT_HOLDOUT,
     seed: int = 0,
     video_format: str = "auto",
+    grid: int = 0,
 ) -> dict[str, str]:
     """Write the whole world under ``out_dir`` and return the paths of what was written.
 
     Keys: ``root``, ``image_text`` (jsonl), ``image_root``, ``llava_train``, ``llava_eval``,
     ``video_text`` (jsonl), ``video_qa_train``, ``video_qa_eval``, ``vist``, ``heldout_prompts``
     (txt, captions naming held-out compositions), ``manifest``. ``video_format``: auto (mp4 if
-    ``utils.media.write_video`` exists, else frame folders) | frames.
+    ``utils.media.write_video`` exists, else frame folders) | frames. ``grid``: 0 places the images'
+    objects anywhere at varying sizes; N > 0 puts them in the cells of an N x N grid (see
+    :func:`layout_scene`; videos and stories keep free placement).
     """
     if (video_frames - 1) % 4:
         raise ValueError(f"video_frames must be 1 + 4k (got {video_frames})")
@@ -527,7 +563,7 @@ def write_shapes_world(
     t2i, llava_train = [], []
     for i in range(n_train):
         rng = _item_rng(seed, "train", i)
-        spec, objs = _sample_scene(rng, holdouts, p_no_color)
+        spec, objs = _sample_scene(rng, holdouts, p_no_color, grid=grid)
         rel = f"t2i/{i:06d}.png"
         render_scene(objs, resolution).save(img_root / rel)
         t2i.append({"path": str(img_root / rel), "prompt": spec.caption()})
@@ -542,7 +578,7 @@ def write_shapes_world(
     llava_eval = []
     for i in range(n_eval):
         rng = _item_rng(seed, "eval", i)
-        spec, objs = _sample_scene(rng, (), p_no_color)
+        spec, objs = _sample_scene(rng, (), p_no_color, grid=grid)
         rel = f"mmu_eval/{i:06d}.png"
         render_scene(objs, resolution).save(img_root / rel)
         q, a, cat = make_questions(spec, objs, rng, 1)[0]
@@ -633,6 +669,7 @@ def write_shapes_world(
         "config": {"n_train": n_train, "n_eval": n_eval, "n_videos": n_videos, "n_stories": n_stories,
                    "resolution": resolution, "video_frames": video_frames, "story_length": story_length,
                    "questions_per_image": questions_per_image, "p_no_color": p_no_color, "seed": seed,
+                   "grid": grid,
                    "holdout": [h.text for h in holdouts]},
         "video_format": video_kind,  # mp4 (or gif if utils.media fell back) | frames
         "palette": PALETTE, "background": BACKGROUND, "shapes": SHAPES, "relations": list(RELATIONS),
@@ -715,7 +752,7 @@ def _write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 
 # ----------------------------------------------------------------------------------------------
 USAGE = """usage: python -m datasets.shapes out=DIR [n_train=2000] [n_eval=200] [n_videos=200] [n_stories=200]
-       [resolution=64] [video_frames=5] [seed=0] [holdout="blue triangle,circle above square"]
+       [resolution=64] [video_frames=5] [seed=0] [grid=0] [holdout="blue triangle,circle above square"]
 
 Writes the synthetic shapes world (image-text jsonl, LLaVA json, video-text jsonl, VIST json)."""
 

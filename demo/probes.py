@@ -28,8 +28,10 @@ __all__ = ["vae_ceiling", "colour_adherence", "dominant_colour", "main"]
 
 
 @torch.no_grad()
-def vae_ceiling(vae: Any, resolution: int = 64, per_category: int = 24, batch_size: int = 32) -> dict[str, float]:
-    """Checker accuracy per category (and ``overall``, the mean of categories) on ``vae`` round trips.
+def vae_ceiling(vae: Any, resolution: int = 64, per_category: int = 24, batch_size: int = 32,
+                grid: int = 0) -> dict[str, float]:
+    """Checker accuracy per category (and ``overall``, the mean of categories) on ``vae`` round trips
+    of the benchmark prompts rendered in the world's layout (``grid``: see ``datasets.shapes.layout_scene``).
 
     ``vae`` needs ``encode(pixels, sample=False)``, ``decode(latents)`` and ``to_uint8`` as ``models.vae.WanVAE``.
     """
@@ -38,7 +40,7 @@ def vae_ceiling(vae: Any, resolution: int = 64, per_category: int = 24, batch_si
 
     prompts = default_prompt_set(per_category)
     specs = [SceneSpec.from_dict(p["spec"]) for p in prompts]
-    images = [np.asarray(render_scene(layout_scene(s, random.Random(p["prompt"])), resolution))
+    images = [np.asarray(render_scene(layout_scene(s, random.Random(p["prompt"]), grid=grid), resolution))
               for s, p in zip(specs, prompts)]
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     outs = [vae.to_uint8(vae.decode(vae.encode(x[i:i + batch_size], sample=False))) for i in range(0, len(x), batch_size)]
@@ -94,9 +96,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from generation.pipeline import Showo2Pipeline
     from models.vae import WanVAE
 
-    res: dict[str, Any] = {"model": str(model), "vae_ceiling": vae_ceiling(WanVAE.load(run / "vae"))}
+    world = json.loads((run / "data" / "manifest.json").read_text())["config"]
+    res: dict[str, Any] = {"model": str(model), "vae_ceiling": vae_ceiling(
+        WanVAE.load(run / "vae"), resolution=int(world["resolution"]), grid=int(world.get("grid", 0)))}
     pipe = Showo2Pipeline.from_pretrained(model, vae_path=run / "vae", tokenizer_path=run / "tokenizer",
-                                          device="cpu", dtype=torch.float32, resolution=64)
+                                          device="cpu", dtype=torch.float32, resolution=int(world["resolution"]))
     res["colour_adherence"] = [colour_adherence(pipe, guidance_scale=float(g))
                                for g in str(args.get("guidance", "1.0,3.0")).split(",")]
     out.mkdir(parents=True, exist_ok=True)

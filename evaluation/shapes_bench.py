@@ -84,6 +84,14 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_PROMPTS = HERE / "shapes" / "prompts.jsonl"
 DEFAULT_QUESTIONS = HERE / "shapes" / "questions.jsonl"
 DEFAULT_VIDEO_QUESTIONS = HERE / "shapes" / "video_questions.jsonl"
+GRID_QUESTION_SETS = (2, 4)  # grid layouts with a committed question set (questions_grid<N>.jsonl)
+
+
+def question_file(grid: int = 0) -> Path:
+    """The committed understanding question set for a world layout (0 = free placement)."""
+    if grid and grid not in GRID_QUESTION_SETS:
+        raise ValueError(f"no question set for grid={grid}; committed sets: free (0) and {list(GRID_QUESTION_SETS)}")
+    return DEFAULT_QUESTIONS if not grid else HERE / "shapes" / f"questions_grid{grid}.jsonl"
 
 # Shape prototypes in (fill ratio of the bounding box, smallest fraction of the area in one half of
 # the box, emptiest and fullest corner cell (a quarter of the box side)). An axis-aligned triangle has
@@ -280,15 +288,16 @@ def default_prompt_set(per_category: int = 24, seed: int = 0) -> list[dict[str, 
     return out
 
 
-def default_question_set(n: int = 240, seed: int = 0) -> list[dict[str, Any]]:
+def default_question_set(n: int = 240, seed: int = 0, grid: int = 0) -> list[dict[str, Any]]:
     """Understanding questions ``{"id", "question", "answer", "category", "caption", "scene"}``; the
-    image is rendered from ``scene`` (placed objects, resolution-free) at scoring time."""
+    image is rendered from ``scene`` (placed objects, resolution-free) at scoring time. ``grid``: the
+    world's layout (``datasets.shapes.layout_scene``): 0 free placement, N one object per grid cell."""
     from datasets.shapes import _sample_scene  # the world's own scene sampler
 
     out = []
     for i in range(n):
         rng = random.Random(f"shapes-bench-q/{seed}/{i}")
-        spec, objs = _sample_scene(rng, (), 0.0)
+        spec, objs = _sample_scene(rng, (), 0.0, grid=grid)
         q, a, cat = make_questions(spec, objs, rng, 1)[0]
         out.append({"id": f"q{i:04d}", "question": q, "answer": a, "category": cat, "caption": spec.caption(),
                     "scene": [asdict(o) for o in objs]})
@@ -300,7 +309,8 @@ def write_default_sets(directory: str | Path = HERE / "shapes") -> None:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     (d / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in default_prompt_set()))
-    (d / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in default_question_set()))
+    for grid in (0, *GRID_QUESTION_SETS):
+        (d / question_file(grid).name).write_text("".join(json.dumps(r) + "\n" for r in default_question_set(grid=grid)))
     (d / "video_questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in default_video_question_set()))
 
 
@@ -554,6 +564,8 @@ USAGE = """usage: python -m evaluation.shapes_bench [key=value ...]
   score images only:  images=DIR (GenEval layout) questions=""
   score answers only: answers=FILE.jsonl prompts=""
   validate checker:   validate_checker=true [resolution=64]
+A model trained on the grid world (datasets/shapes.py grid=4) is asked about grid scenes:
+  questions=evaluation/shapes/questions_grid4.jsonl
 Writes OUT/generation_results.jsonl, OUT/understanding_results.jsonl, OUT/summary.json and prints tables."""
 
 

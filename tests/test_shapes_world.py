@@ -146,3 +146,57 @@ def test_heldout_prompts_feed_the_benchmark(world: dict[str, str]) -> None:
     rows = load_prompts(world["heldout_prompts"])
     assert {r["prompt"] for r in rows} == {"a blue triangle", "a circle above a square", "three squares"}
     assert {r["tag"] for r in rows} == {"colors", "position", "counting"}
+
+
+@pytest.mark.parametrize("grid", [2, 4])
+@pytest.mark.parametrize("kind", ["single", "pair", "relation", "count"])
+def test_grid_layout_one_object_per_cell(kind: str, grid: int) -> None:
+    """Every object is centred in its own cell at 3/4 of the cell side, relations read along one row or
+    column in the caption's order, and the checker sees every object as drawn (64 px)."""
+    from evaluation.shapes_bench import check_image, detect_objects
+
+    side = 64 // grid  # cell side in pixels; the object is 3/4 of it, with side/8 free on each side
+    for i in range(40):
+        rng = random.Random(f"{kind}/{i}")
+        spec = shapes.sample_spec(rng, kind, p_no_color=0.0)
+        objs = shapes.layout_scene(spec, rng, grid=grid)
+        cells = [(round(o.cx * grid - 0.5), round(o.cy * grid - 0.5)) for o in objs]
+        assert len(set(cells)) == len(objs) == (spec.count if kind == "count" else len(spec.objects))
+        for o, (c, r) in zip(objs, cells):
+            assert (o.cx, o.cy, o.size) == ((c + 0.5) / grid, (r + 0.5) / grid, 0.75 / grid)
+        if kind == "relation":
+            (ca, ra), (cb, rb) = cells
+            assert {"left": ra == rb and ca < cb, "right": ra == rb and ca > cb,
+                    "above": ca == cb and ra < rb, "below": ca == cb and ra > rb}[spec.relation]
+        img = shapes.render_scene(objs, 64)
+        arr = np.asarray(img)
+        for c, r in cells:
+            cell = arr[r * side:(r + 1) * side, c * side:(c + 1) * side]
+            ys, xs = np.nonzero((cell < 250).any(-1))
+            lo, hi = side // 8, side - side // 8 - 1
+            assert (ys.min(), ys.max(), xs.min(), xs.max()) == (lo, hi, lo, hi)
+        assert len(detect_objects(img)) == len(objs)
+        assert check_image(img, spec)["correct"], (spec.caption(), cells)
+
+
+def test_grid_world_and_question_set(tmp_path: Path) -> None:
+    from evaluation import shapes_bench as sb
+
+    paths = shapes.write_shapes_world(tmp_path, n_train=20, n_eval=4, n_videos=0, n_stories=0, grid=2,
+                                      holdout=["blue triangle"], seed=1)
+    assert json.loads(Path(paths["manifest"]).read_text())["config"]["grid"] == 2
+    for r in (json.loads(x) for x in Path(paths["image_text"]).read_text().splitlines()):
+        arr = np.asarray(Image.open(r["path"]))
+        ink = (arr < 250).any(-1)
+        # nothing is drawn on the cell borders (the 4 px frame of every 32 px cell)
+        border = np.zeros_like(ink)
+        for k in range(2):
+            border[k * 32:k * 32 + 4] = border[k * 32 + 28:k * 32 + 32] = True
+            border[:, k * 32:k * 32 + 4] = border[:, k * 32 + 28:k * 32 + 32] = True
+        assert ink.any() and not (ink & border).any()
+    for grid in (2, 4):
+        qs = [json.loads(x) for x in sb.question_file(grid).read_text().splitlines()]
+        assert qs == sb.default_question_set(grid=grid)
+        assert all(o["cx"] * grid - 0.5 == round(o["cx"] * grid - 0.5) for q in qs for o in q["scene"])
+    with pytest.raises(ValueError, match="grid=3"):
+        sb.question_file(3)
