@@ -133,7 +133,7 @@ def step_world(cfg: DictConfig, out: Path) -> dict[str, Any]:
     paths = write_shapes_world(data, n_train=int(w.n_train), n_eval=int(w.n_eval), n_videos=0, n_stories=0,
                                resolution=int(cfg.resolution), questions_per_image=int(w.questions_per_image),
                                p_no_color=float(w.p_no_color), holdout=[s for s in str(w.holdout).split(",") if s],
-                               seed=int(cfg.seed), video_format="frames")
+                               seed=int(cfg.seed), video_format="frames", grid=int(w.grid))
     img_root = Path(paths["image_root"])
     rows = [json.loads(line) for line in Path(paths["image_text"]).read_text().splitlines() if line.strip()]
     rel = [{"path": str(Path(r["path"]).relative_to(img_root)), "prompt": r["prompt"]} for r in rows]
@@ -227,7 +227,7 @@ def _subsample(rows: list[dict[str, Any]], key: str, per: int, seed: int) -> lis
 def step_eval(cfg: DictConfig, out: Path) -> dict[str, Any]:
     import torch
 
-    from evaluation.shapes_bench import DEFAULT_PROMPTS, DEFAULT_QUESTIONS, DEFAULTS, run_benchmark
+    from evaluation.shapes_bench import DEFAULT_PROMPTS, DEFAULTS, question_file, run_benchmark
     from generation.pipeline import Showo2Pipeline
 
     e = cfg.eval
@@ -240,7 +240,7 @@ def step_eval(cfg: DictConfig, out: Path) -> dict[str, Any]:
     prompts = [json.loads(line) for line in Path(DEFAULT_PROMPTS).read_text().splitlines() if line.strip()]
     prompts = _subsample(prompts, "tag", int(e.per_category), int(cfg.seed))
     (ev / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
-    questions = [json.loads(line) for line in Path(DEFAULT_QUESTIONS).read_text().splitlines() if line.strip()]
+    questions = [json.loads(line) for line in question_file(int(cfg.world.grid)).read_text().splitlines() if line.strip()]
     n_q = int(e.questions)
     if n_q < len(questions):  # keep every category represented
         n_cat = len({q["category"] for q in questions})
