@@ -74,7 +74,8 @@ def distill(cfg) -> dict:
         pixels = batch["pixels"][keep].to(device)
         with torch.no_grad():
             x1 = vae.encode(pixels, sample=True, generator=gen)
-            xt, _ = noised_latents(x1, gen, float(dc.get("p_clean", 0.5)))
+            xt, _ = noised_latents(x1, gen, float(dc.get("p_clean", 0.5)),
+                                   accelerator.unwrap_model(student).patch_size)
             target = teacher_features(teacher, pixels, accelerator.unwrap_model(student).grid(x1))
         with accelerator.autocast():
             loss = cosine_distill_loss(student(xt), target)

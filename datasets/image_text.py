@@ -19,7 +19,7 @@ from datasets.base import (
     resolve_path,
     seeded_rng,
 )
-from datasets.sequence import SampleError, SequenceBuilder, VisualInfo
+from datasets.sequence import SampleError, SequenceBuilder
 from datasets.transforms import DEFAULT_MAX_PIXELS, BadSampleCounter, load_image, preprocess_image
 
 # Removed (global replace, in this order) from t2i captions only; "This is " appears twice as in
@@ -110,14 +110,14 @@ class ImageTextDataset(RobustDataset):
         item: dict[str, Any] = {"pixels": None, "latents": None, "text": caption}
         if self.latent_cache is not None:
             lat, logvar = read_latent(self.latent_cache, rec["path"], os.path.abspath(resolve_path(self.root, rec["path"])))
-            visual = VisualInfo.image((lat.shape[-2] // 2, lat.shape[-1] // 2))
+            visual = self.builder.visual_for_latents(lat)
             attach_latents(item, [(lat, logvar)])
         else:
             path = resolve_path(self.root, rec["path"])
             img = load_image(path, strict=self.strict_modes, min_size=self.min_size, max_pixels=self.max_pixels,
                              draft_size=self.resolution if self.fast_jpeg_decode else None)
             item["pixels"] = [preprocess_image(img, self.resolution, "crop")]
-            visual = VisualInfo.for_resolution(self.resolution)
+            visual = self.builder.visual_for_pixels(self.resolution)
         if self.task == "t2i":
             seq = self.builder.t2i(caption, visual)
         else:

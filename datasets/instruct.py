@@ -94,18 +94,16 @@ class InstructDataset(RobustDataset):
         for k, rel in enumerate(paths):
             if self.latent_cache is not None:
                 lat, logvar = read_latent(self.latent_cache, rel, os.path.abspath(resolve_path(self.root, rel)))
-                grid = (lat.shape[-2] // 2, lat.shape[-1] // 2)
-                infos.append(VisualInfo.video(grid, lat.shape[1], False, source_index=k) if lat.dim() == 4
-                             else VisualInfo.image(grid, False, source_index=k))
+                infos.append(self.builder.visual_for_latents(lat, generate=False, source_index=k))
                 tensors.append((lat, logvar))
                 continue
             path = resolve_path(self.root, rel)
             if kind == "video":
                 px = preprocess_frames(read_frames(path, self.num_frames, self.short_clip), self.resolution, "pad")
-                info = VisualInfo.for_resolution(self.resolution, frames=px.shape[1], generate=False, source_index=k)
+                info = self.builder.visual_for_pixels(self.resolution, frames=px.shape[1], generate=False, source_index=k)
             else:
                 px = preprocess_image(load_image(path, strict=False), self.resolution, "pad")
-                info = VisualInfo.for_resolution(self.resolution, generate=False, source_index=k)
+                info = self.builder.visual_for_pixels(self.resolution, generate=False, source_index=k)
             infos.append(info)
             tensors.append(px)
         return infos, tensors, "latents" if self.latent_cache is not None else "pixels"

@@ -22,7 +22,7 @@ from datasets.base import (
     resolve_path,
     seeded_rng,
 )
-from datasets.sequence import SampleError, SequenceBuilder, VisualInfo
+from datasets.sequence import SampleError, SequenceBuilder
 from datasets.transforms import BadSampleCounter, load_image, preprocess_image
 
 VIST_FLAG = "Mixed-modality generation (VIST)."
@@ -80,12 +80,12 @@ class InterleavedDataset(RobustDataset):
         for k, rel in enumerate(images[a:b]):
             if self.latent_cache is not None:
                 lat = read_latent(self.latent_cache, rel)
-                infos.append(VisualInfo.image((lat[0].shape[-2] // 2, lat[0].shape[-1] // 2), source_index=k))
+                infos.append(self.builder.visual_for_latents(lat[0], source_index=k))
                 tensors.append(lat)
             else:
                 img = load_image(resolve_path(self.root, rel, self.image_suffix), strict=False)
                 tensors.append(preprocess_image(img, self.resolution, "crop"))
-                infos.append(VisualInfo.for_resolution(self.resolution, source_index=k))
+                infos.append(self.builder.visual_for_pixels(self.resolution, source_index=k))
         caps = [c.replace("\n", "") for c in captions[a:b]]
         seq = self.builder.interleaved(caps, infos, flag=self.flag,
                                        label_visual_placeholders=self.label_visual_placeholders)

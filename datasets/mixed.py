@@ -301,8 +301,10 @@ def build_source(spec: dict[str, Any], builder: Any, *, resolution: int, seed: i
     return MixedSource(name, ds, batch_size)
 
 
-def build_mixed_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, seed: int = 0) -> MixedLoader:
+def build_mixed_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                       patch_size: int = 2) -> MixedLoader:
     """The training data iterator from the ``data`` config section (``data.source: mixed``).
+    ``patch_size`` is the model's (the training loop passes ``model.config.patch_size``).
 
     Keys (defaults in brackets)::
 
@@ -328,7 +330,7 @@ def build_mixed_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, seed: in
         raise ValueError("data.sources is empty: list the datasets to mix (see datasets.mixed.build_mixed_loader)")
     tokenizer, special = load_tokenizer(str(cfg["tokenizer"]))
     builder = SequenceBuilder(special, tokenizer=tokenizer, max_seq_len=int(cfg.get("max_seq_len", 1024)),
-                              official_image_masks=bool(cfg.get("official_image_masks", False)))
+                              official_image_masks=bool(cfg.get("official_image_masks", False)), patch_size=patch_size)
     data_seed = int(cfg.get("data_seed") if cfg.get("data_seed") is not None else seed)
     sources = [build_source(s, builder, resolution=int(cfg.get("resolution", 432)), seed=data_seed,
                             max_bad_fraction=float(cfg.get("max_bad_fraction", 0.5))) for s in cfg["sources"]]

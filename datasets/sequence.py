@@ -272,6 +272,9 @@ class SequenceBuilder:
         source_max_len: int | None = 512,
         target_max_len: int | None = 512,
         system_prompt_max_len: int = 100,
+        patch_size: int = 2,
+        vae_stride: int = 8,
+        temporal_stride: int = 4,
     ) -> None:
         self.sp = special
         self.tokenizer = tokenizer
@@ -283,10 +286,26 @@ class SequenceBuilder:
         self.source_max_len = source_max_len
         self.target_max_len = target_max_len
         self.system_prompt_max_len = system_prompt_max_len
+        # how a visual item becomes tokens (the model's patch size and the VAE's strides): one place
+        # that every loader and the pipeline read, so a non-default patch size changes them all
+        self.patch_size, self.vae_stride, self.temporal_stride = int(patch_size), int(vae_stride), int(temporal_stride)
         self.stats: Counter[str] = Counter()
         self._warned = 0
 
     # ---------------------------------------------------------------- helpers
+    def visual_for_latents(self, latents: torch.Tensor, generate: bool = True, source_index: int = 0) -> VisualInfo:
+        """VisualInfo of one cached latent item: (C, h, w) image or (C, T, h, w) video -> (h/p) x (w/p) tokens."""
+        grid = (latents.shape[-2] // self.patch_size, latents.shape[-1] // self.patch_size)
+        if latents.dim() == 4:
+            return VisualInfo.video(grid, latents.shape[1], generate, source_index=source_index)
+        return VisualInfo.image(grid, generate, source_index)
+
+    def visual_for_pixels(self, height: int, width: int | None = None, frames: int = 1, generate: bool = True,
+                          source_index: int = 0, temporal_stride: int | None = None) -> VisualInfo:
+        """VisualInfo of a pixel item of ``height`` x ``width`` (x ``frames``) before the VAE."""
+        return VisualInfo.for_resolution(height, width, frames, generate, self.vae_stride,
+                                         temporal_stride or self.temporal_stride, self.patch_size, source_index)
+
     def ids(self, text: Text | None) -> list[int]:
         """Tokenise a str (no special tokens added) or pass an id list through."""
         if text is None:

@@ -29,7 +29,7 @@ from datasets.base import (
     resolve_path,
     seeded_rng,
 )
-from datasets.sequence import SampleError, SequenceBuilder, VisualInfo, latent_frames
+from datasets.sequence import SampleError, SequenceBuilder, latent_frames
 from datasets.transforms import BadSampleCounter, frames_to_tensor, resize_and_pad, resize_center_crop
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -167,14 +167,14 @@ class VideoTextDataset(RobustDataset):
             lat, logvar = read_latent(self.latent_cache, rec["path"])  # (C, T, h, w)
             if lat.dim() != 4:
                 raise SampleError("malformed_sample", f"video latent of shape {tuple(lat.shape)}")
-            visual = VisualInfo.video((lat.shape[-2] // 2, lat.shape[-1] // 2), lat.shape[1])
+            visual = self.builder.visual_for_latents(lat)
             attach_latents(item, [(lat, logvar)])
         else:
             frames = read_frames(resolve_path(self.root, rec["path"]), self.num_frames, self.short_clip,
                                  self.temporal_stride)
             px = preprocess_frames(frames, self.resolution, "crop")
-            visual = VisualInfo.for_resolution(self.resolution, frames=px.shape[1],
-                                               temporal_stride=self.temporal_stride)
+            visual = self.builder.visual_for_pixels(self.resolution, frames=px.shape[1],
+                                                    temporal_stride=self.temporal_stride)
             item["pixels"] = [px]
         if self.task == "i2v":
             seq = self.builder.i2v(cap, visual, cond_frames=1)

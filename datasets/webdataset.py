@@ -29,7 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from datasets.base import hash_ints, seeded_rng
 from datasets.image_text import clean_caption
-from datasets.sequence import SampleError, SequenceBuilder, VisualInfo
+from datasets.sequence import SampleError, SequenceBuilder
 from datasets.transforms import (
     DEFAULT_MAX_PIXELS,
     BadSampleCounter,
@@ -155,7 +155,7 @@ class TarShardDataset(IterableDataset):
         img = load_image(io.BytesIO(files[img_ext]), strict=self.strict_modes, min_size=self.min_size,
                          max_pixels=self.max_pixels)
         pixels = [preprocess_image(img, self.resolution, "crop")]
-        visual = VisualInfo.for_resolution(self.resolution)
+        visual = self.builder.visual_for_pixels(self.resolution)
         seq = self.builder.t2i(cap, visual) if self.task == "t2i" else self.builder.caption(cap, visual)
         return {"sequence": seq, "pixels": pixels, "latents": None, "data_type": seq.data_type, "text": cap,
                 "key": key}

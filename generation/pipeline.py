@@ -129,7 +129,8 @@ class Showo2Pipeline:
         self.cached = cached
         self.noise_bf16_round = (model_dtype(model) == torch.bfloat16) if noise_bf16_round is None else noise_bf16_round
         self.vae_sample = vae_sample
-        self.builder = SequenceBuilder(self.special, self.chat_ids, tokenizer)
+        self.builder = SequenceBuilder(self.special, self.chat_ids, tokenizer,
+                                       patch_size=int(getattr(getattr(model, "config", None), "patch_size", 2)))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -222,7 +223,7 @@ class Showo2Pipeline:
 
     def _visual(self, resolution: int, frames: int = 1, generate: bool = True) -> VisualInfo:
         check_resolution(resolution)
-        return VisualInfo.for_resolution(resolution, resolution, frames=frames, generate=generate)
+        return self.builder.visual_for_pixels(resolution, resolution, frames=frames, generate=generate)
 
     def _text_budget(self, resolution: int) -> int:
         p = RESOLUTION_PRESETS.get(resolution)

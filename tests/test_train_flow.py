@@ -12,7 +12,7 @@ from training.logging import NonFiniteGuard, NonFiniteLossError
 from training.loop import flow_inputs
 from training.synthetic import SyntheticSource, synthetic_special_tokens
 
-CFG = OmegaConf.create({"flow": {"patch_size": 2, "resolution_shift": True, "vae_sample": True,
+CFG = OmegaConf.create({"flow": {"resolution_shift": True, "vae_sample": True,
                                  "interleaved_clean_prefix_prob": 1.0}})
 
 

@@ -117,10 +117,11 @@ def cosine_distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.T
 
 
 @torch.no_grad()
-def noised_latents(x1: torch.Tensor, gen: torch.Generator, p_clean: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def noised_latents(x1: torch.Tensor, gen: torch.Generator, p_clean: float = 0.5,
+                   patch_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Per item: clean with prob ``p_clean``, else x_t at a training-distribution t (module docstring)."""
     n = x1.shape[0]
-    seq_len = (x1.shape[-2] // 2) * (x1.shape[-1] // 2) + 1
+    seq_len = (x1.shape[-2] // patch_size) * (x1.shape[-1] // patch_size) + 1
     clean = torch.rand(n, generator=gen) < p_clean
     t = sample_train_timesteps(n, seq_len, t_min=clean.float(), generator=gen)
     t = torch.where(clean, torch.ones_like(t), t)

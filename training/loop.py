@@ -178,8 +178,9 @@ def build_vae(cfg: DictConfig, device: torch.device):
     return vae.to(device).eval().requires_grad_(False)
 
 
-def build_data(cfg: DictConfig, vocab_size: int, rank: int, world: int, seed: int):
-    """An infinite batch iterator with ``state_dict()``/``load_state_dict()``; sharded by rank."""
+def build_data(cfg: DictConfig, vocab_size: int, rank: int, world: int, seed: int, patch_size: int = 2):
+    """An infinite batch iterator with ``state_dict()``/``load_state_dict()``; sharded by rank.
+    ``patch_size``: the model's, so the loaders lay out (latent h / p) x (latent w / p) visual tokens."""
     d = cfg.data
     if d.source == "synthetic":
         from training.synthetic import SyntheticSource
@@ -188,7 +189,7 @@ def build_data(cfg: DictConfig, vocab_size: int, rank: int, world: int, seed: in
     if d.source == "mixed":
         from datasets.mixed import build_mixed_loader  # data engineer's mixed loader (sharded, resumable)
 
-        return build_mixed_loader(d, rank=rank, world_size=world, seed=seed)
+        return build_mixed_loader(d, rank=rank, world_size=world, seed=seed, patch_size=patch_size)
     raise ValueError(f"unknown data.source {d.source!r} (synthetic, mixed)")
 
 
@@ -230,8 +231,10 @@ def _visual_tokens(shape: torch.Size, patch: int) -> int:
 
 
 @torch.no_grad()
-def flow_inputs(batch: Mapping[str, Any], vae, gen: torch.Generator, cfg: DictConfig, device: torch.device) -> dict:
+def flow_inputs(batch: Mapping[str, Any], vae, gen: torch.Generator, cfg: DictConfig, device: torch.device,
+                patch_size: int = 2) -> dict:
     """Model inputs for one mixed micro-batch (spec §9): x1 (VAE sample), t, x_t, u, masks.
+    ``patch_size``: the model's (it sets the token count of the resolution-dependent time shift).
 
     * generation items: t ~ logit-normal shifted for their token count, x_t = t x1 + (1-t) x0;
     * clean items (understanding, padding dummies: ``t_min`` = 1): t = 1, x_t = x1, no flow loss;
@@ -271,7 +274,7 @@ def flow_inputs(batch: Mapping[str, Any], vae, gen: torch.Generator, cfg: DictCo
             k = int(torch.randint(1, real, (1,), generator=gen))  # k in {1, ..., j*}
             for j in range(k):
                 t_min[i * m + j] = 1.0
-    seq_len = _visual_tokens(x1.shape[1:], int(fl.get("patch_size", 2))) if fl.get("resolution_shift", True) else None
+    seq_len = _visual_tokens(x1.shape[1:], patch_size) if fl.get("resolution_shift", True) else None
     fixed = fl.get("train_shift")
     t = sample_train_timesteps(n, seq_len, t_min=t_min, generator=gen, shift=None if fixed is None else float(fixed))
     t = torch.where(t_min >= 1.0, torch.ones_like(t), t)  # exactly clean
@@ -371,7 +374,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     counts = trainable_summary(model)
     log(f"model: {counts['trainable']:,} trainable / {counts['frozen']:,} frozen parameters ({len(frozen)} frozen tensors)")
     vae = build_vae(cfg, device)
-    data = build_data(cfg, vocab or 0, rank, world, int(tr.seed))  # one permutation for all ranks, then sharded
+    patch = int(model.config.patch_size)
+    data = build_data(cfg, vocab or 0, rank, world, int(tr.seed), patch)  # one permutation for all ranks, then sharded
     max_steps = resolve_max_steps(tr.max_train_steps, data)
     logger.set_total(max_steps)
     log(f"max_train_steps = {max_steps}")
@@ -416,7 +420,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             with accelerator.accumulate(model):  # entered every micro-step: keeps accelerate's GA counter aligned
                 if skipped:
                     continue
-                inputs = flow_inputs(batch, vae, gen, cfg, device)
+                inputs = flow_inputs(batch, vae, gen, cfg, device, patch)
                 loss, ntp, flow = _model_loss(model, inputs, cfg)
                 finite = torch.isfinite(loss.detach()).float().reshape(1)
                 if not guard.update(bool(_all_reduce(finite, "min").item() > 0)):  # all ranks agree to skip
