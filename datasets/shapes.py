@@ -23,7 +23,7 @@ minutes, which is what the CPU demo needs.
 Held-out compositions (``holdout=["blue triangle", "circle above square", "three squares"]``) never
 appear in any training image or caption; the eval files and the benchmark test them.
 
-CLI: ``python -m datasets.shapes out=DIR n_train=2000 resolution=64 grid=4 holdout="blue triangle"``.
+CLI: ``python -m datasets.shapes out=DIR n_train=2000 resolution=64 grid=2 holdout="blue triangle"``.
 """
 
 from __future__ import annotations
@@ -319,10 +319,10 @@ def relation_holds(a: tuple[float, float], b: tuple[float, float], relation: str
     return along > margin and (not dominant or along >= abs(cross))
 
 
-GRID_FILL = 0.75  # grid layout: object side as a fraction of the cell side (12 px in a 16 px cell)
+GRID_FILL = 0.75  # grid layout: object side as a fraction of the cell side (24 px in a 32 px cell at grid 2, 64 px)
 
 
-def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int) -> list[tuple[int, int]] | None:
+def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int) -> list[tuple[int, int]]:
     """(column, row) cells for the objects of ``spec`` on a ``grid`` x ``grid`` board; relation scenes
     put both objects on one row (left/right) or one column (above/below), in the stated order."""
     n = spec.count if spec.kind == "count" else len(spec.objects)
@@ -348,6 +348,7 @@ def layout_scene(spec: SceneSpec, rng: random.Random, holdouts: Sequence[Holdout
         colors = [o.color or rng.choice(COLORS) for o in spec.objects]
         if grid:
             cells = _grid_cells(spec, rng, grid)
+            # one entry per cell: a count scene repeats its single object
             shapes = [spec.objects[min(k, len(spec.objects) - 1)].shape for k in range(len(cells))]
             cols = [colors[min(k, len(colors) - 1)] for k in range(len(cells))]
             objs = [Placed(s, c, (x + 0.5) / grid, (y + 0.5) / grid, GRID_FILL / grid)
@@ -553,6 +554,8 @@ def write_shapes_world(
     """
     if (video_frames - 1) % 4:
         raise ValueError(f"video_frames must be 1 + 4k (got {video_frames})")
+    if grid < 0 or grid == 1:
+        raise ValueError(f"grid must be 0 (free placement) or >= 2 (three objects need three cells); got {grid}")
     root = Path(out_dir).resolve()
     img_root = root / "images"
     for sub in ("t2i", "mmu_eval", "vist", "videos"):

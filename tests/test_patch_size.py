@@ -5,7 +5,6 @@ inference pipeline."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 import torch

@@ -200,3 +200,5 @@ def test_grid_world_and_question_set(tmp_path: Path) -> None:
         assert all(o["cx"] * grid - 0.5 == round(o["cx"] * grid - 0.5) for q in qs for o in q["scene"])
     with pytest.raises(ValueError, match="grid=3"):
         sb.question_file(3)
+    with pytest.raises(ValueError, match="grid must be"):
+        shapes.write_shapes_world(tmp_path / "bad", n_train=1, grid=1)
