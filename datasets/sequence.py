@@ -107,6 +107,12 @@ def visual_block_len(height: int, width: int, frames: int = 1, vae_stride: int =
     return num_visual_tokens(height, width, frames, vae_stride, temporal_stride, patch) + 1
 
 
+def latent_block_len(latent_shape: Sequence[int], patch: int = 2) -> int:
+    """Visual block length of one latent item (C, h, w) or (C, T, h, w): T * (h/p) * (w/p) tokens + 1 time slot."""
+    frames = int(latent_shape[1]) if len(latent_shape) == 4 else 1
+    return frames * (int(latent_shape[-2]) // patch) * (int(latent_shape[-1]) // patch) + 1
+
+
 def max_text_len(max_seq_len: int, block_len: int) -> int:
     """Caption budget of a one-image row: L - block - 4 (bos, boi, eoi, eos); 1024, 730 -> 290."""
     return max_seq_len - block_len - 4
@@ -273,8 +279,6 @@ class SequenceBuilder:
         target_max_len: int | None = 512,
         system_prompt_max_len: int = 100,
         patch_size: int = 2,
-        vae_stride: int = 8,
-        temporal_stride: int = 4,
     ) -> None:
         self.sp = special
         self.tokenizer = tokenizer
@@ -286,9 +290,8 @@ class SequenceBuilder:
         self.source_max_len = source_max_len
         self.target_max_len = target_max_len
         self.system_prompt_max_len = system_prompt_max_len
-        # how a visual item becomes tokens (the model's patch size and the VAE's strides): one place
-        # that every loader and the pipeline read, so a non-default patch size changes them all
-        self.patch_size, self.vae_stride, self.temporal_stride = int(patch_size), int(vae_stride), int(temporal_stride)
+        # the model's patch size: every loader and the pipeline lay out visual tokens through this builder
+        self.patch_size = int(patch_size)
         self.stats: Counter[str] = Counter()
         self._warned = 0
 
@@ -301,10 +304,10 @@ class SequenceBuilder:
         return VisualInfo.image(grid, generate, source_index)
 
     def visual_for_pixels(self, height: int, width: int | None = None, frames: int = 1, generate: bool = True,
-                          source_index: int = 0, temporal_stride: int | None = None) -> VisualInfo:
-        """VisualInfo of a pixel item of ``height`` x ``width`` (x ``frames``) before the VAE."""
-        return VisualInfo.for_resolution(height, width, frames, generate, self.vae_stride,
-                                         temporal_stride or self.temporal_stride, self.patch_size, source_index)
+                          source_index: int = 0, temporal_stride: int = 4) -> VisualInfo:
+        """VisualInfo of a pixel item of ``height`` x ``width`` (x ``frames``) before the (8x) VAE."""
+        return VisualInfo.for_resolution(height, width, frames, generate, temporal_stride=temporal_stride,
+                                         patch=self.patch_size, source_index=source_index)
 
     def ids(self, text: Text | None) -> list[int]:
         """Tokenise a str (no special tokens added) or pass an id list through."""

@@ -103,6 +103,11 @@ class SceneSpec:
     count: int = 1
     relation: str | None = None
 
+    @property
+    def num_objects(self) -> int:
+        """Objects the scene shows (a count scene repeats its one object)."""
+        return self.count if self.kind == "count" else len(self.objects)
+
     def caption(self) -> str:
         a = self.objects[0]
         if self.kind == "single":
@@ -325,7 +330,7 @@ GRID_FILL = 0.75  # grid layout: object side as a fraction of the cell side (24 
 def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int) -> list[tuple[int, int]]:
     """(column, row) cells for the objects of ``spec`` on a ``grid`` x ``grid`` board; relation scenes
     put both objects on one row (left/right) or one column (above/below), in the stated order."""
-    n = spec.count if spec.kind == "count" else len(spec.objects)
+    n = spec.num_objects
     if spec.kind != "relation":
         cells = [(c, r) for c in range(grid) for r in range(grid)]
         return rng.sample(cells, n)
@@ -347,12 +352,10 @@ def layout_scene(spec: SceneSpec, rng: random.Random, holdouts: Sequence[Holdout
     for _ in range(max_tries):
         colors = [o.color or rng.choice(COLORS) for o in spec.objects]
         if grid:
-            cells = _grid_cells(spec, rng, grid)
-            # one entry per cell: a count scene repeats its single object
-            shapes = [spec.objects[min(k, len(spec.objects) - 1)].shape for k in range(len(cells))]
-            cols = [colors[min(k, len(colors) - 1)] for k in range(len(cells))]
-            objs = [Placed(s, c, (x + 0.5) / grid, (y + 0.5) / grid, GRID_FILL / grid)
-                    for s, c, (x, y) in zip(shapes, cols, cells)]
+            # a count scene repeats its single object (and colour) count times
+            drawn = list(zip(spec.objects, colors)) * (spec.num_objects // len(spec.objects))
+            objs = [Placed(o.shape, c, (x + 0.5) / grid, (y + 0.5) / grid, GRID_FILL / grid)
+                    for (o, c), (x, y) in zip(drawn, _grid_cells(spec, rng, grid))]
         elif spec.kind == "count":
             s = rng.uniform(*COUNT_SIZE_RANGE)
             objs: list[Placed] = []

@@ -219,10 +219,6 @@ def _matches(d: Detection, o: ObjSpec) -> bool:
     return d.shape == o.shape and (o.color is None or d.color == o.color)
 
 
-def _expected_objects(spec: SceneSpec) -> int:
-    return spec.count if spec.kind == "count" else len(spec.objects)
-
-
 def check_image(image: Image.Image | np.ndarray, spec: SceneSpec | dict | str, *, margin: float = 0.1,
                 strict: bool = False, tol: float = 80.0, min_area: float = 0.01) -> dict[str, Any]:
     """Judge one image against a caption spec (or a caption string / spec dict).
@@ -257,8 +253,8 @@ def check_image(image: Image.Image | np.ndarray, spec: SceneSpec | dict | str, *
             if not any(relation_holds((dets[i].cx, dets[i].cy), (dets[j].cx, dets[j].cy), spec.relation, margin,
                                       dominant=False) for i, j in pairs):
                 ok, reason = False, f"relation '{spec.relation}' does not hold"
-    if ok and strict and len(dets) != _expected_objects(spec):
-        ok, reason = False, f"{len(dets)} objects detected (strict: want {_expected_objects(spec)})"
+    if ok and strict and len(dets) != spec.num_objects:
+        ok, reason = False, f"{len(dets)} objects detected (strict: want {spec.num_objects})"
     return {"correct": ok, "reason": reason, "detections": [asdict(d) for d in dets]}
 
 

@@ -42,6 +42,7 @@ from generation.runtime import (
     left_pad,
     model_device,
     model_dtype,
+    model_patch_size,
     prefix_mask,
 )
 
@@ -151,7 +152,7 @@ class VisualDenoiser:
         self.first_frame = first_frame
         self.device = model_device(model)
         self.dtype = model_dtype(model)
-        self.patch = int(getattr(getattr(model, "config", None), "patch_size", 2))
+        self.patch = model_patch_size(model)
         lens = {r.target[1] for r in self.rows}
         if len(lens) != 1:
             raise ValueError(f"target blocks of different lengths in one batch: {sorted(lens)}")

@@ -34,7 +34,7 @@ from datasets.tokenizer import ChatIds, SpecialTokens
 from flow.samplers import SAMPLERS, make_noise
 from generation.image import VisualRow, generate_visual
 from generation.interleaved import Story, generate_interleaved
-from generation.runtime import model_device, model_dtype
+from generation.runtime import model_device, model_dtype, model_patch_size
 from generation.text import TextPrompt, generate_text
 
 __all__ = ["Showo2Pipeline", "InputError"]
@@ -129,8 +129,7 @@ class Showo2Pipeline:
         self.cached = cached
         self.noise_bf16_round = (model_dtype(model) == torch.bfloat16) if noise_bf16_round is None else noise_bf16_round
         self.vae_sample = vae_sample
-        self.builder = SequenceBuilder(self.special, self.chat_ids, tokenizer,
-                                       patch_size=int(getattr(getattr(model, "config", None), "patch_size", 2)))
+        self.builder = SequenceBuilder(self.special, self.chat_ids, tokenizer, patch_size=model_patch_size(model))
 
     # ------------------------------------------------------------------ construction
     @classmethod

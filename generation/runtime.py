@@ -30,12 +30,18 @@ __all__ = [
     "repeat_cache_rows",
     "model_device",
     "model_dtype",
+    "model_patch_size",
     "last_logits",
 ]
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def model_patch_size(model: torch.nn.Module) -> int:
+    """The model's latent patch size (2 for every released Show-o2; 2 for models without a config)."""
+    return int(getattr(getattr(model, "config", None), "patch_size", 2))
 
 
 def model_dtype(model: torch.nn.Module) -> torch.dtype:

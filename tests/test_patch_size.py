@@ -41,6 +41,11 @@ def test_builder_token_grids(patch: int) -> None:
     px = b.visual_for_pixels(RES, frames=5)   # 5 frames -> 2 latent frames; 64 px -> 8x8 latents
     assert (px.latent_frames, px.num_tokens) == (2, 2 * (8 // patch) ** 2)
     assert b.visual_for_pixels(RES).num_tokens == img.num_tokens
+    # the latent-side block length (time shift, distillation) agrees with the layout's blocks
+    from datasets.sequence import latent_block_len, visual_block_len
+
+    assert latent_block_len((16, 8, 8), patch) == img.block_len == visual_block_len(RES, RES, patch=patch)
+    assert latent_block_len((16, 2, 8, 8), patch) == vid.block_len == 2 * (8 // patch) ** 2 + 1
 
 
 @pytest.mark.parametrize("patch", [2, 4])

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from datasets.sequence import latent_block_len
 from flow.schedule import interpolate, sample_train_timesteps, velocity_target
 from training import checkpointing as ckpt
 from training.logging import NonFiniteGuard, RunLogger, peak_memory, save_image_grid
@@ -223,13 +224,6 @@ def _tokenizer(cfg: DictConfig):
 # flow matching on the training side
 
 
-def _visual_tokens(shape: torch.Size, patch: int) -> int:
-    """Visual tokens of one latent item (C, [T,] h, w) + the time slot: the resolution-shift length."""
-    h, w = shape[-2], shape[-1]
-    frames = shape[1] if len(shape) == 4 else 1
-    return (h // patch) * (w // patch) * frames + 1
-
-
 @torch.no_grad()
 def flow_inputs(batch: Mapping[str, Any], vae, gen: torch.Generator, cfg: DictConfig, device: torch.device,
                 patch_size: int = 2) -> dict:
@@ -274,7 +268,7 @@ def flow_inputs(batch: Mapping[str, Any], vae, gen: torch.Generator, cfg: DictCo
             k = int(torch.randint(1, real, (1,), generator=gen))  # k in {1, ..., j*}
             for j in range(k):
                 t_min[i * m + j] = 1.0
-    seq_len = _visual_tokens(x1.shape[1:], patch_size) if fl.get("resolution_shift", True) else None
+    seq_len = latent_block_len(x1.shape[1:], patch_size) if fl.get("resolution_shift", True) else None
     fixed = fl.get("train_shift")
     t = sample_train_timesteps(n, seq_len, t_min=t_min, generator=gen, shift=None if fixed is None else float(fixed))
     t = torch.where(t_min >= 1.0, torch.ones_like(t), t)  # exactly clean
