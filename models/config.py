@@ -254,12 +254,40 @@ class Showo2Config:
     # -------------------------------------------------------------------------------------------------
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> Showo2Config:
-        """Named configurations: showo2-1.5b, showo2-1.5b-hq, showo2-7b, tiny (parity fixture), demo."""
+        """Named configurations: showo2-1.5b, showo2-1.5b-hq, showo2-7b, tiny (parity fixture), demo.
+
+        A sub-config override (``qwen2``, ``siglip``, ``flow_head``) is merged key by key into the
+        preset's, so ``qwen2={"rope_theta": 1e4}`` changes one field instead of replacing the dict.
+        """
         if name not in _PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(_PRESETS)}")
         kwargs = copy.deepcopy(_PRESETS[name])
-        kwargs.update(overrides)
+        for key, value in overrides.items():
+            base = kwargs.get(key)
+            if key in _SUBCONFIGS and isinstance(value, dict) and isinstance(base, dict):
+                unknown = sorted(set(value) - set(base) - _hf_config_keys(key))
+                if unknown:
+                    raise ValueError(f"preset {name!r}: unknown {key} keys {unknown}; known: {sorted(base)}")
+                base.update(copy.deepcopy(value))
+            else:
+                kwargs[key] = copy.deepcopy(value)
         return cls(**kwargs)
+
+
+_SUBCONFIGS = ("qwen2", "siglip", "flow_head")
+
+
+def _hf_config_keys(sub: str) -> set[str]:
+    """Fields the transformers config behind a sub-config accepts (none for our own flow head)."""
+    if sub == "qwen2":
+        from transformers import Qwen2Config
+
+        return set(Qwen2Config().to_dict())
+    if sub == "siglip":
+        from transformers import SiglipVisionConfig
+
+        return set(SiglipVisionConfig().to_dict())
+    return set()
 
 
 _PRESETS: dict[str, dict[str, Any]] = {

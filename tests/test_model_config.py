@@ -92,6 +92,29 @@ def test_demo_preset_is_small():
     assert model.num_parameters() < 5_000_000
 
 
+def test_preset_merges_subconfig_overrides_key_by_key():
+    base = Showo2Config.preset("demo")
+    cfg = Showo2Config.preset("demo", qwen2={"rope_theta": 1e4}, flow_head={"intermediate_size": 512})
+    assert cfg.qwen2["rope_theta"] == 1e4 and base.qwen2["rope_theta"] == 1e6
+    assert {k: v for k, v in cfg.qwen2.items() if k != "rope_theta"} == \
+        {k: v for k, v in base.qwen2.items() if k != "rope_theta"}
+    assert cfg.flow_head["intermediate_size"] == 512 and cfg.flow_head["hidden_size"] == base.flow_head["hidden_size"]
+    assert Showo2Config.preset("demo").qwen2["rope_theta"] == 1e6  # the preset table itself is untouched
+    # a field transformers' Qwen2Config knows, but the preset does not list, may be added
+    assert Showo2Config.preset("demo", qwen2={"max_window_layers": 2}).qwen2["max_window_layers"] == 2
+    with pytest.raises(ValueError, match="rope_thta"):
+        Showo2Config.preset("demo", qwen2={"rope_thta": 1e4})
+    with pytest.raises(ValueError, match="unknown flow_head keys"):
+        Showo2Config.preset("demo", flow_head={"hiden_size": 64})
+    # the rotary tables follow the override
+    from models import Showo2Model
+
+    model = Showo2Model(Showo2Config.preset("demo", qwen2={"rope_theta": 1e4}))
+    inv = next(m.inv_freq for n, m in model.named_modules() if n.endswith("rotary_emb"))
+    head_dim = cfg.qwen2["hidden_size"] // cfg.qwen2["num_attention_heads"]
+    assert torch.allclose(inv[1], torch.tensor(1e4 ** (-2 / head_dim)))
+
+
 def test_timestep_scale_multiplies_t_before_the_sinusoids(tmp_path):
     from models.flow_head import TimestepEmbedder
 
