@@ -80,3 +80,16 @@ def test_schedules():
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         lr_lambda("linear_decay", 0, 1)
+    # warm-up 100, full rate until 800, linear to 0 at 1000
+    w = lr_lambda("warmup_stable_decay", 100, 1000, 200)
+    assert w(50) == 0.5 and w(100) == 1.0 and w(800) == 1.0 and w(900) == pytest.approx(0.5) and w(1000) == 0.0
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sch = build_scheduler(opt, {"name": "warmup_stable_decay", "warmup_steps": 0, "decay_ratio": 0.25}, 8)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sch.step()
+    assert lrs == pytest.approx([2.0] * 7 + [1.0])  # the 8th (last) step runs at (8 - 7) / 2 of the rate
+    with pytest.raises(ValueError, match="decay steps"):
+        lr_lambda("warmup_stable_decay", 900, 1000, 200)

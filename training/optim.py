@@ -119,11 +119,12 @@ def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opt
     )
 
 
-def lr_lambda(name: str, warmup_steps: int, total_steps: int):
+def lr_lambda(name: str, warmup_steps: int, total_steps: int, decay_steps: int = 0):
     """Multiplicative LR factor per optimizer step (diffusers-style, spec §10.3).
 
     constant: 1; constant_with_warmup: linear 0->1 over warm-up then 1; cosine: warm-up then half
-    cosine to 0 at ``total_steps``.
+    cosine to 0 at ``total_steps``; warmup_stable_decay: warm-up, 1, then linear to 0 over the last
+    ``decay_steps`` (the full rate for as long as possible, and still a decayed end point).
     """
     w = int(warmup_steps)
 
@@ -143,15 +144,28 @@ def lr_lambda(name: str, warmup_steps: int, total_steps: int):
             return max(0.0, 0.5 * (1.0 + math.cos(math.pi * p)))
 
         return f
-    raise ValueError(f"unknown lr scheduler '{name}' (constant, constant_with_warmup, cosine)")
+    if name == "warmup_stable_decay":
+        d = int(decay_steps)
+        if d <= 0 or w + d > total_steps:
+            raise ValueError(f"warmup_stable_decay needs 0 < decay steps ({d}) <= total ({total_steps}) - warm-up ({w})")
+
+        def wsd(step: int) -> float:
+            if step < w:
+                return warm(step)
+            return min(1.0, max(0.0, (total_steps - step) / d))
+
+        return wsd
+    raise ValueError(f"unknown lr scheduler '{name}' (constant, constant_with_warmup, cosine, warmup_stable_decay)")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], total_steps: int) -> LambdaLR:
-    """LambdaLR stepped once per optimizer step. Warm-up: ``warmup_steps`` or ``warmup_ratio`` x total."""
+    """LambdaLR stepped once per optimizer step. Warm-up: ``warmup_steps`` or ``warmup_ratio`` x total;
+    the decay of ``warmup_stable_decay``: ``decay_ratio`` x total (default 0.2)."""
     warmup = cfg.get("warmup_steps")
     if warmup is None:
         warmup = int(math.floor(float(cfg.get("warmup_ratio", 0.0)) * total_steps))
-    return LambdaLR(optimizer, lr_lambda(str(cfg.get("name", "constant")), int(warmup), int(total_steps)))
+    decay = int(math.floor(float(cfg.get("decay_ratio", 0.2)) * total_steps))
+    return LambdaLR(optimizer, lr_lambda(str(cfg.get("name", "constant")), int(warmup), int(total_steps), decay))
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
