@@ -56,7 +56,6 @@ def build_config(argv: list[str]) -> DictConfig:
     cfg = load_config(argv, default_config=base, usage=USAGE)
     cfg.out = str(Path(str(cfg.out)).expanduser().resolve())
     cfg.threads = resolve_threads(cfg.threads)
-    cfg.processes = resolve_processes(cfg.processes, cfg.threads)
     return cfg
 
 
@@ -102,17 +101,6 @@ def resolve_threads(threads: Any) -> int:
         except OSError:
             busy = 0.0
     return cores if busy < 0.5 else 1
-
-
-def resolve_processes(processes: Any, threads: int) -> int:
-    """``auto``: one single-threaded training process per thread the demo may use (DDP over gloo).
-
-    Tiny models leave most of a multi-threaded op waiting on its threads; two one-thread ranks of the
-    demo's stage 1 take 0.165 s per step against 0.245 s for one two-thread process (same global batch).
-    """
-    if str(processes) != "auto":
-        return max(1, int(processes))
-    return max(1, int(threads))
 
 
 def _redo_set(redo: Any) -> set[str]:
@@ -183,37 +171,20 @@ def step_tokenizer(cfg: DictConfig, out: Path) -> dict[str, Any]:
     return {"vocab": len(tok)}
 
 
-def _launch(cfg: DictConfig, args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """``python args`` for one process, or under torchrun for ``cfg.processes`` one-thread ranks."""
-    env = _subprocess_env(cfg)
-    n = int(cfg.processes)
-    if n > 1:
-        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *args]
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return args, env
-
-
 def step_vae(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    from demo.vae_train import load_images, recon_grid
+    from demo.vae_train import load_images, recon_grid, train_vae
     from models.vae import WanVAE
 
     data = out / "data"
-    v = cfg.vae
-    train_args = dict(annotation=str(data / "t2i_rel.jsonl"), image_root=str(data / "images"),
-                      resolution=int(cfg.resolution), out_dir=str(out / "vae"), config=to_plain(v.config),
-                      steps=int(v.steps), batch_size=int(v.batch_size), lr=float(v.lr), warmup=int(v.warmup),
-                      kl_weight=float(v.kl_weight), fg_weight=float(v.fg_weight),
-                      crop=None if v.crop in (None, "null") else int(v.crop), seed=int(cfg.seed))
-    (out / "vae").mkdir(parents=True, exist_ok=True)
-    args_file = out / "vae" / "train_args.json"
-    args_file.write_text(json.dumps(train_args, indent=2))
-    cmd, env = _launch(cfg, ["-m", "demo.vae_train", str(args_file)])
-    run_command(cmd, out / "logs" / "vae.log", env=env, cwd=ROOT)
-    summary = json.loads((out / "vae" / "train_summary.json").read_text())
     rows = [json.loads(line) for line in (data / "t2i_rel.jsonl").read_text().splitlines() if line]
-    images = load_images([data / "images" / r["path"] for r in rows[-8:]], int(cfg.resolution))
+    images = load_images([data / "images" / r["path"] for r in rows], int(cfg.resolution))
+    v = cfg.vae
+    summary = train_vae(images, out / "vae", config=to_plain(v.config), steps=int(v.steps),
+                        batch_size=int(v.batch_size), lr=float(v.lr), warmup=int(v.warmup),
+                        kl_weight=float(v.kl_weight), fg_weight=float(v.fg_weight),
+                        crop=None if v.crop in (None, "null") else int(v.crop), seed=int(cfg.seed))
     vae = WanVAE.load(out / "vae")  # exactly how every later step sees it
-    stats = recon_grid(vae, images, out / "vae" / "recon.png", n=8)
+    stats = recon_grid(vae, images[-8:], out / "vae" / "recon.png", n=8)
     print(f"    {summary['params'] / 1e6:.2f} M parameters, {summary['steps']} steps; round trip mean |error| "
           f"{stats['mean_abs_err_255']:.1f}/255, normalised latent std {stats['latent_std']:.2f}")
     return {"params": summary["params"], **stats}
@@ -229,31 +200,12 @@ def step_latents(cfg: DictConfig, out: Path) -> dict[str, Any]:
     return json.loads((out / "latents" / "last_run.json").read_text())["summary"] | {"vae": None}
 
 
-def _per_rank_batch(stage_args: list[str], processes: int) -> list[str]:
-    """``demo.batch.<source>=rows / processes`` overrides so that N ranks keep the recipe's global batch.
-
-    The stage YAMLs give rows per source for one process (``demo.batch``); DDP averages the ranks'
-    gradients, so splitting every source's rows evenly leaves the optimisation the same.
-    """
-    stage_cfg = load_config(stage_args[1:], usage="")  # config= plus the user's overrides, as the script sees them
-    out = []
-    for name, rows in to_plain(stage_cfg.demo.batch).items():
-        if int(rows) % processes:
-            raise ConfigError(f"demo.batch.{name}={rows} rows cannot be split evenly over processes={processes}")
-        out.append(f"demo.batch.{name}={int(rows) // processes}")
-    return out
-
-
 def _train(cfg: DictConfig, out: Path, stage: str) -> dict[str, Any]:
     s = cfg[stage]
     script = {"stage1": "train_stage1.py", "stage2": "train_stage2.py"}[stage]
     args = [script, f"config={ROOT / str(s.config)}", f"demo.out={out}", f"training.max_train_steps={int(s.steps)}",
             *[str(o) for o in (s.overrides or [])]]
-    n = int(cfg.processes)
-    if n > 1:  # DDP over gloo (under torchrun the trainer builds Accelerator(cpu=True))
-        args += _per_rank_batch(args, n)
-    cmd, env = _launch(cfg, args)
-    run_command(cmd, out / "logs" / f"{stage}.log", env=env, cwd=ROOT)
+    run_command(args, out / "logs" / f"{stage}.log", env=_subprocess_env(cfg), cwd=ROOT)
     summary = json.loads((out / stage / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines() if line.strip()]
     last = rows[-1] if rows else {}
@@ -399,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     (out / "demo_config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    banner(f"Show-o2 demo -> {out}  (fast={cfg.fast}, threads={cfg.threads}, training processes={cfg.processes})", "#")
+    banner(f"Show-o2 demo -> {out}  (fast={cfg.fast}, threads={cfg.threads})", "#")
     plain = to_plain(cfg)
     common = {"seed": plain["seed"], "resolution": plain["resolution"]}
     runner.run("world", lambda: step_world(cfg, out), title="write the shapes world",

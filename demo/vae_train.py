@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["load_images", "train_vae", "recon_grid", "fold_latent_standardisation", "main"]
+__all__ = ["load_images", "train_vae", "recon_grid", "fold_latent_standardisation"]
 
 
 def load_images(paths: Sequence[str | Path], resolution: int) -> torch.Tensor:
@@ -56,35 +54,6 @@ def _random_crop_flip(x: torch.Tensor, crop: int, g: torch.Generator) -> torch.T
     return x
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); under ``torchrun`` with several processes, joins the gloo group first."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), world
-
-
-def _average_gradients(params: list[torch.Tensor], world: int) -> None:
-    """Data parallelism by hand: one all-reduce of all gradients (the network is driven through
-    ``encode``/``decode``, never ``forward``, which is what a DDP wrapper would hook)."""
-    if world == 1:
-        return
-    import torch.distributed as dist
-
-    grads = [p.grad for p in params if p.grad is not None]  # same set on every rank (same graph)
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
 def train_vae(
     images: torch.Tensor,
     out_dir: str | Path,
@@ -106,22 +75,15 @@ def train_vae(
 
     Writes ``out_dir/`` (diffusers ``config.json`` + weights, loadable by ``WanVAE.load``) and
     ``out_dir/metrics.jsonl`` (loss curve for the report). Returns a summary dict.
-
-    Launched by ``torchrun`` with N processes, each rank trains on ``batch_size / N`` rows per step
-    and the gradients are averaged, so the recipe (global batch, steps) is unchanged; rank 0 writes.
     """
     from diffusers import AutoencoderKLWan
     from tqdm import tqdm
 
     from models.vae import WAN21_LATENT_MEAN, WAN21_LATENT_STD, enable_single_frame_fast_path
 
-    rank, world = _distributed()
-    if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} cannot be split evenly over {world} processes")
-    main_rank = rank == 0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)  # the same initial weights on every rank
+    torch.manual_seed(seed)
     cfg = {k: v for k, v in config.items() if not k.startswith("_")}
     vae = AutoencoderKLWan(**cfg).train()
     enable_single_frame_fast_path(vae)  # images are one-frame clips: conv2d instead of padded conv3d
@@ -139,18 +101,16 @@ def train_vae(
         p = (step - warmup) / max(1, steps - warmup)
         return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
-    g = torch.Generator().manual_seed(seed + rank)  # each rank draws its own rows, crops and noise
+    g = torch.Generator().manual_seed(seed)
     n = images.shape[0]
-    rows = batch_size // world
-    params = [p for p in vae.parameters() if p.requires_grad]
-    metrics = open(out / "metrics.jsonl", "w") if main_rank else None
-    bar = tqdm(range(steps), desc="train VAE", unit="step", disable=not (progress and main_rank), mininterval=2.0)
+    metrics = open(out / "metrics.jsonl", "w")
+    bar = tqdm(range(steps), desc="train VAE", unit="step", disable=not progress, mininterval=2.0)
     t0 = time.time()
     ema = None
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        idx = torch.randint(0, n, (rows,), generator=g)
+        idx = torch.randint(0, n, (batch_size,), generator=g)
         x = _to_pm1(_random_crop_flip(images[idx], crop or images.shape[-1], g)).unsqueeze(2)  # (B,3,1,H,W)
         post = vae.encode(x).latent_dist
         z_mean = (post.mean - mean) / std  # Wan-normalised space (what Show-o2 sees)
@@ -168,24 +128,22 @@ def train_vae(
         loss = rec_loss + kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        _average_gradients(params, world)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         ema = rec_loss.item() if ema is None else 0.9 * ema + 0.1 * rec_loss.item()
-        if metrics is not None and (step % log_every == 0 or step == steps - 1):
+        if step % log_every == 0 or step == steps - 1:
             rec_row = {"step": step + 1, "loss_rec": rec_loss.item(), "loss_kl": kl.item(), "lr": lr_at(step),
                        "latent_std": z_mean.std().item(), "posterior_std": torch.exp(0.5 * logvar).mean().item()}
             metrics.write(json.dumps(rec_row) + "\n")
             metrics.flush()
             bar.set_postfix(rec=f"{ema:.4f}", kl=f"{kl.item():.2f}", zstd=f"{rec_row['latent_std']:.2f}")
-    summary = {"steps": steps, "seconds": time.time() - t0, "final_rec_loss": ema, "processes": world,
-               "params": sum(p.numel() for p in vae.parameters()), "config": cfg}
-    if main_rank:
-        metrics.close()
-        vae.eval()
-        summary["standardisation"] = fold_latent_standardisation(vae, images[: min(n, 512)])
-        vae.save_pretrained(str(out))
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    metrics.close()
+    vae.eval()
+    stats = fold_latent_standardisation(vae, images[: min(n, 512)])
+    vae.save_pretrained(str(out))
+    summary = {"steps": steps, "seconds": time.time() - t0, "final_rec_loss": ema,
+               "params": sum(p.numel() for p in vae.parameters()), "config": cfg, "standardisation": stats}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -239,26 +197,3 @@ def recon_grid(vae_wrapper: Any, images: torch.Tensor, path: str | Path, n: int 
     Image.fromarray(grid.numpy()).save(path)
     err = (top.float() - bot.float()).abs().mean().item()
     return {"mean_abs_err_255": err, "latent_mean": z.mean().item(), "latent_std": z.std().item()}
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m demo.vae_train ARGS.json`` (also under ``torchrun``): the demo's VAE step in its own
-    process(es). ARGS.json holds ``annotation`` (image-text jsonl), ``image_root``, ``resolution``,
-    ``out_dir`` and the keyword arguments of :func:`train_vae`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        raise SystemExit(main.__doc__)
-    args = json.loads(Path(argv[0]).read_text())
-    root = Path(args.pop("image_root"))
-    rows = [json.loads(line) for line in Path(args.pop("annotation")).read_text().splitlines() if line.strip()]
-    images = load_images([root / r["path"] for r in rows], int(args.pop("resolution")))
-    train_vae(images, args.pop("out_dir"), **args)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        dist.barrier()  # rank 0 finishes writing before any rank reports success
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # fast=true plus smaller sizes still: every step runs for real (world, tokenizer, VAE training, latent
 # cache, train_stage1.py, train_stage2.py, pipeline + benchmark, report), just briefly.
 TINY = [
-    "fast=true", "threads=1", "processes=2",  # the VAE and both stages under torchrun (2 ranks)
+    "fast=true", "threads=1",
     "world.n_train=96", "world.n_eval=4",
     "vae.steps=6", "vae.batch_size=4",
     "stage1.steps=6", "stage2.steps=4",

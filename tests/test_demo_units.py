@@ -140,30 +140,6 @@ def test_threads_auto_measures_the_cores_in_use_now():
     assert m.resolve_threads("auto") in (1, os.cpu_count())
 
 
-def test_training_processes_split_the_global_batch():
-    """processes=N runs the stages under torchrun with each source's rows divided by N (same global batch)."""
-    from utils.config import ConfigError
-
-    m = _demo_script()
-    assert m.resolve_processes("auto", 2) == 2 and m.resolve_processes("auto", 1) == 1
-    assert m.resolve_processes(3, 1) == 3
-    root = Path(__file__).resolve().parents[1]
-    s1 = ["train_stage1.py", f"config={root / 'configs/demo/stage1.yaml'}", "demo.out=/x"]
-    assert m._per_rank_batch(s1, 2) == ["demo.batch.t2i=20", "demo.batch.caption=4"]
-    # the user's own overrides are split, not the YAML's
-    assert m._per_rank_batch([*s1, "demo.batch.t2i=6"], 2) == ["demo.batch.t2i=3", "demo.batch.caption=4"]
-    s2 = ["train_stage2.py", f"config={root / 'configs/demo/stage2.yaml'}"]
-    assert m._per_rank_batch(s2, 4) == ["demo.batch.t2i=4", "demo.batch.und=4"]
-    with pytest.raises(ConfigError, match="caption=8 rows cannot be split evenly over processes=5"):
-        m._per_rank_batch(s1, 5)
-    cfg = m.build_config(["threads=1", "processes=2"])
-    args, env = m._launch(cfg, ["train_stage1.py", "config=c.yaml"])
-    assert args[:4] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    assert args[4:] == ["train_stage1.py", "config=c.yaml"] and env["OMP_NUM_THREADS"] == "1"
-    args, env = m._launch(m.build_config(["threads=2", "processes=1"]), ["train_stage1.py"])
-    assert args == ["train_stage1.py"] and env["OMP_NUM_THREADS"] == "2"
-
-
 class _IdentityVAE:
     """A perfect 'VAE': the latent is the image itself."""
 
