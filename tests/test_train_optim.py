@@ -91,5 +91,9 @@ def test_schedules():
         opt.step()
         sch.step()
     assert lrs == pytest.approx([2.0] * 7 + [1.0])  # the 8th (last) step runs at (8 - 7) / 2 of the rate
-    with pytest.raises(ValueError, match="decay steps"):
-        lr_lambda("warmup_stable_decay", 900, 1000, 200)
+    # shorter than warm-up + decay (a smoke-test run of a real recipe): the lower of the two ramps
+    short = lr_lambda("warmup_stable_decay", 100, 40, 12)
+    assert short(10) == pytest.approx(0.1) and short(34) == pytest.approx(0.34) and short(36) == pytest.approx(4 / 12)
+    assert short(39) == pytest.approx(1 / 12)
+    with pytest.raises(ValueError, match="decay steps > 0"):
+        lr_lambda("warmup_stable_decay", 10, 1000, 0)

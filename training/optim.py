@@ -146,13 +146,11 @@ def lr_lambda(name: str, warmup_steps: int, total_steps: int, decay_steps: int =
         return f
     if name == "warmup_stable_decay":
         d = int(decay_steps)
-        if d <= 0 or w + d > total_steps:
-            raise ValueError(f"warmup_stable_decay needs 0 < decay steps ({d}) <= total ({total_steps}) - warm-up ({w})")
+        if d <= 0:
+            raise ValueError(f"warmup_stable_decay needs decay steps > 0 (got {d}; decay_ratio x max_train_steps)")
 
-        def wsd(step: int) -> float:
-            if step < w:
-                return warm(step)
-            return min(1.0, max(0.0, (total_steps - step) / d))
+        def wsd(step: int) -> float:  # a run shorter than warm-up + decay gets the lower of the two ramps
+            return max(0.0, min(1.0, warm(step) if step < w else 1.0, (total_steps - step) / d))
 
         return wsd
     raise ValueError(f"unknown lr scheduler '{name}' (constant, constant_with_warmup, cosine, warmup_stable_decay)")
@@ -164,7 +162,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], to
     warmup = cfg.get("warmup_steps")
     if warmup is None:
         warmup = int(math.floor(float(cfg.get("warmup_ratio", 0.0)) * total_steps))
-    decay = int(math.floor(float(cfg.get("decay_ratio", 0.2)) * total_steps))
+    decay = max(1, int(math.floor(float(cfg.get("decay_ratio", 0.2)) * total_steps)))
     return LambdaLR(optimizer, lr_lambda(str(cfg.get("name", "constant")), int(warmup), int(total_steps), decay))
 
 
