@@ -107,12 +107,6 @@ def visual_block_len(height: int, width: int, frames: int = 1, vae_stride: int =
     return num_visual_tokens(height, width, frames, vae_stride, temporal_stride, patch) + 1
 
 
-def latent_block_len(latent_shape: Sequence[int], patch: int = 2) -> int:
-    """Visual block length of one latent item (C, h, w) or (C, T, h, w): T * (h/p) * (w/p) tokens + 1 time slot."""
-    frames = int(latent_shape[1]) if len(latent_shape) == 4 else 1
-    return frames * (int(latent_shape[-2]) // patch) * (int(latent_shape[-1]) // patch) + 1
-
-
 def max_text_len(max_seq_len: int, block_len: int) -> int:
     """Caption budget of a one-image row: L - block - 4 (bos, boi, eoi, eos); 1024, 730 -> 290."""
     return max_seq_len - block_len - 4
@@ -188,6 +182,15 @@ class VisualInfo:
         if frames == 1:
             return cls.image(grid, generate, source_index)
         return cls.video(grid, latent_frames(frames, temporal_stride), generate, source_index=source_index)
+
+    @classmethod
+    def for_latents(cls, shape: Sequence[int], patch: int = 2, generate: bool = True,
+                    source_index: int = 0) -> VisualInfo:
+        """From one latent item's shape: (C, h, w) image or (C, T, h, w) video -> (h/p) x (w/p) tokens per frame."""
+        grid = (int(shape[-2]) // patch, int(shape[-1]) // patch)
+        if len(shape) == 4:
+            return cls.video(grid, int(shape[1]), generate, source_index=source_index)
+        return cls.image(grid, generate, source_index)
 
 
 def _grid_and_count(tokens: int | tuple[int, int]) -> tuple[tuple[int, int] | None, int]:
@@ -297,11 +300,8 @@ class SequenceBuilder:
 
     # ---------------------------------------------------------------- helpers
     def visual_for_latents(self, latents: torch.Tensor, generate: bool = True, source_index: int = 0) -> VisualInfo:
-        """VisualInfo of one cached latent item: (C, h, w) image or (C, T, h, w) video -> (h/p) x (w/p) tokens."""
-        grid = (latents.shape[-2] // self.patch_size, latents.shape[-1] // self.patch_size)
-        if latents.dim() == 4:
-            return VisualInfo.video(grid, latents.shape[1], generate, source_index=source_index)
-        return VisualInfo.image(grid, generate, source_index)
+        """VisualInfo of one cached latent item (C, h, w) or (C, T, h, w), at the model's patch size."""
+        return VisualInfo.for_latents(latents.shape, self.patch_size, generate, source_index)
 
     def visual_for_pixels(self, height: int, width: int | None = None, frames: int = 1, generate: bool = True,
                           source_index: int = 0, temporal_stride: int = 4) -> VisualInfo:

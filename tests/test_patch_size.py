@@ -42,10 +42,10 @@ def test_builder_token_grids(patch: int) -> None:
     assert (px.latent_frames, px.num_tokens) == (2, 2 * (8 // patch) ** 2)
     assert b.visual_for_pixels(RES).num_tokens == img.num_tokens
     # the latent-side block length (time shift, distillation) agrees with the layout's blocks
-    from datasets.sequence import latent_block_len, visual_block_len
+    from datasets.sequence import VisualInfo, visual_block_len
 
-    assert latent_block_len((16, 8, 8), patch) == img.block_len == visual_block_len(RES, RES, patch=patch)
-    assert latent_block_len((16, 2, 8, 8), patch) == vid.block_len == 2 * (8 // patch) ** 2 + 1
+    assert VisualInfo.for_latents((16, 8, 8), patch).block_len == img.block_len == visual_block_len(RES, RES, patch=patch)
+    assert VisualInfo.for_latents((16, 2, 8, 8), patch).block_len == vid.block_len == 2 * (8 // patch) ** 2 + 1
 
 
 @pytest.mark.parametrize("patch", [2, 4])

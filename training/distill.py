@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datasets.sequence import latent_block_len
+from datasets.sequence import VisualInfo
 from flow.schedule import interpolate, sample_train_timesteps
 from models.checkpoints import SEMANTIC_PREFIXES, load_semantic_layers
 
@@ -122,7 +122,7 @@ def noised_latents(x1: torch.Tensor, gen: torch.Generator, p_clean: float = 0.5,
                    patch_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Per item: clean with prob ``p_clean``, else x_t at a training-distribution t (module docstring)."""
     n = x1.shape[0]
-    seq_len = latent_block_len(x1.shape[1:], patch_size)
+    seq_len = VisualInfo.for_latents(x1.shape[1:], patch_size).block_len
     clean = torch.rand(n, generator=gen) < p_clean
     t = sample_train_timesteps(n, seq_len, t_min=clean.float(), generator=gen)
     t = torch.where(clean, torch.ones_like(t), t)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from datasets.sequence import latent_block_len
+from datasets.sequence import VisualInfo
 from flow.schedule import interpolate, sample_train_timesteps, velocity_target
 from training import checkpointing as ckpt
 from training.logging import NonFiniteGuard, RunLogger, peak_memory, save_image_grid
@@ -268,7 +268,7 @@ def flow_inputs(batch: Mapping[str, Any], vae, gen: torch.Generator, cfg: DictCo
             k = int(torch.randint(1, real, (1,), generator=gen))  # k in {1, ..., j*}
             for j in range(k):
                 t_min[i * m + j] = 1.0
-    seq_len = latent_block_len(x1.shape[1:], patch_size) if fl.get("resolution_shift", True) else None
+    seq_len = VisualInfo.for_latents(x1.shape[1:], patch_size).block_len if fl.get("resolution_shift", True) else None
     fixed = fl.get("train_shift")
     t = sample_train_timesteps(n, seq_len, t_min=t_min, generator=gen, shift=None if fixed is None else float(fixed))
     t = torch.where(t_min >= 1.0, torch.ones_like(t), t)  # exactly clean
