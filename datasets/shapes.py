@@ -327,14 +327,36 @@ def relation_holds(a: tuple[float, float], b: tuple[float, float], relation: str
 GRID_FILL = 0.75  # grid layout: object side as a fraction of the cell side (24 px in a 32 px cell at grid 2, 64 px)
 
 
-def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int) -> list[tuple[int, int]]:
+LAYOUTS: tuple[str, ...] = ("random", "reading", "canonical")
+
+
+def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int, layout: str = "random") -> list[tuple[int, int]]:
     """(column, row) cells for the objects of ``spec`` on a ``grid`` x ``grid`` board; relation scenes
-    put both objects on one row (left/right) or one column (above/below), in the stated order."""
+    put both objects on one row (left/right) or one column (above/below), in the stated order.
+
+    ``layout`` says how much of the placement the caption fixes (relations always fix their order):
+    * ``random``: any cells, objects in any order;
+    * ``reading``: any cells, but the objects fill them in the caption's order, read row by row (a pair
+      "a A and a B" puts A in the earlier cell), so which object goes where is never a coin toss;
+    * ``canonical``: the caption fixes every cell: objects fill the first cells in reading order, and
+      relations use the first row / column.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r} (one of {LAYOUTS})")
     n = spec.num_objects
     if spec.kind != "relation":
+        def reading_order(cells: list[tuple[int, int]]) -> list[tuple[int, int]]:
+            return sorted(cells, key=lambda cr: (cr[1], cr[0]))  # row by row, left to right
+
         cells = [(c, r) for c in range(grid) for r in range(grid)]
-        return rng.sample(cells, n)
-    line, (i, j) = rng.randrange(grid), sorted(rng.sample(range(grid), 2))
+        if layout == "canonical":
+            return reading_order(cells)[:n]
+        chosen = rng.sample(cells, n)
+        return reading_order(chosen) if layout == "reading" else chosen
+    if layout == "canonical":
+        line, (i, j) = 0, (0, 1)
+    else:
+        line, (i, j) = rng.randrange(grid), sorted(rng.sample(range(grid), 2))
     first, second = (i, j) if spec.relation in ("left", "above") else (j, i)  # A's index, B's index
     if spec.relation in ("left", "right"):
         return [(first, line), (second, line)]
@@ -342,20 +364,21 @@ def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int) -> list[tuple[in
 
 
 def layout_scene(spec: SceneSpec, rng: random.Random, holdouts: Sequence[Holdout] = (),
-                 max_tries: int = 1000, grid: int = 0) -> list[Placed]:
+                 max_tries: int = 1000, grid: int = 0, layout: str = "random") -> list[Placed]:
     """Place the objects of ``spec`` (colours left open by the caption are drawn, avoiding held-out
     compositions). Raises ValueError if no valid layout was found.
 
     ``grid`` > 0: every object sits centred in its own cell of a ``grid`` x ``grid`` board, at a fixed
     size (``GRID_FILL`` of the cell). When cells are whole visual tokens (a visual token is 16 px: 8x VAE,
-    2x2 patches; so grid 2 or 4 at 64 px) an object always covers the same tokens in the same way."""
+    2x2 patches; so grid 2 or 4 at 64 px) an object always covers the same tokens in the same way.
+    ``layout`` (grid only): how far the caption fixes the cells, see :func:`_grid_cells`."""
     for _ in range(max_tries):
         colors = [o.color or rng.choice(COLORS) for o in spec.objects]
         if grid:
             # a count scene repeats its single object (and colour) count times
             drawn = list(zip(spec.objects, colors)) * (spec.num_objects // len(spec.objects))
             objs = [Placed(o.shape, c, (x + 0.5) / grid, (y + 0.5) / grid, GRID_FILL / grid)
-                    for (o, c), (x, y) in zip(drawn, _grid_cells(spec, rng, grid))]
+                    for (o, c), (x, y) in zip(drawn, _grid_cells(spec, rng, grid, layout))]
         elif spec.kind == "count":
             s = rng.uniform(*COUNT_SIZE_RANGE)
             objs: list[Placed] = []
@@ -492,6 +515,7 @@ class WorldConfig:
     seed: int = 0
     holdout: str = ",".join(DEFAULT_HOLDOUT)  # comma-separated patterns ("" = none)
     grid: int = 0                # 0: objects anywhere, sizes vary | N: one fixed-size object per cell of an N x N grid
+    layout: str = "random"       # grid only: random | reading | canonical (how far a caption fixes its cells)
     video_format: str = "auto"   # auto: mp4 via utils.media.write_video (frame folders always written) | frames
 
 
@@ -502,13 +526,13 @@ def _item_rng(seed: int, split: str, i: int) -> random.Random:
 
 
 def _sample_scene(rng: random.Random, holdouts: Sequence[Holdout], p_no_color: float,
-                  kind: str | None = None, grid: int = 0) -> tuple[SceneSpec, list[Placed]]:
+                  kind: str | None = None, grid: int = 0, layout: str = "random") -> tuple[SceneSpec, list[Placed]]:
     for _ in range(1000):
         spec = sample_spec(rng, kind, p_no_color)
         if holdouts and is_held_out(spec, None, holdouts):  # caption itself names a held-out composition
             continue
         try:
-            return spec, layout_scene(spec, rng, holdouts, grid=grid)
+            return spec, layout_scene(spec, rng, holdouts, grid=grid, layout=layout)
         except ValueError:
             continue
     raise RuntimeError("holdout list excludes (almost) every scene")
@@ -545,6 +569,7 @@ def write_shapes_world(
     seed: int = 0,
     video_format: str = "auto",
     grid: int = 0,
+    layout: str = "random",
 ) -> dict[str, str]:
     """Write the whole world under ``out_dir`` and return the paths of what was written.
 
@@ -553,15 +578,21 @@ def write_shapes_world(
     (txt, captions naming held-out compositions), ``manifest``. ``video_format``: auto (mp4 if
     ``utils.media.write_video`` exists, else frame folders) | frames. ``grid``: 0 places the images'
     objects anywhere at varying sizes; N > 0 puts them in the cells of an N x N grid (see
-    :func:`layout_scene`; videos and stories keep free placement).
+    :func:`layout_scene`; videos and stories keep free placement). ``layout`` (grid only): how far a
+    caption fixes where its objects go in the image-text pairs (see :func:`_grid_cells`); with
+    ``canonical`` the LLaVA conversations get images of their own in random layouts, since images whose
+    layout a caption fixes show objects in only some cells. Evaluation images are always random.
     """
     if (video_frames - 1) % 4:
         raise ValueError(f"video_frames must be 1 + 4k (got {video_frames})")
     if grid < 0 or grid == 1:
         raise ValueError(f"grid must be 0 (free placement) or >= 2 (three objects need three cells); got {grid}")
+    if layout not in LAYOUTS or (layout != "random" and not grid):
+        raise ValueError(f"layout must be one of {LAYOUTS} ('reading' / 'canonical' need a grid); got {layout!r}")
+    own_und_images = layout == "canonical"
     root = Path(out_dir).resolve()
     img_root = root / "images"
-    for sub in ("t2i", "mmu_eval", "vist", "videos"):
+    for sub in ("t2i", "und", "mmu_eval", "vist", "videos"):
         (img_root / sub).mkdir(parents=True, exist_ok=True)
     holdouts = parse_holdout(holdout)
 
@@ -569,10 +600,15 @@ def write_shapes_world(
     t2i, llava_train = [], []
     for i in range(n_train):
         rng = _item_rng(seed, "train", i)
-        spec, objs = _sample_scene(rng, holdouts, p_no_color, grid=grid)
+        spec, objs = _sample_scene(rng, holdouts, p_no_color, grid=grid, layout=layout)
         rel = f"t2i/{i:06d}.png"
         render_scene(objs, resolution).save(img_root / rel)
         t2i.append({"path": str(img_root / rel), "prompt": spec.caption()})
+        if own_und_images:
+            rng = _item_rng(seed, "und", i)
+            spec, objs = _sample_scene(rng, holdouts, p_no_color, grid=grid)
+            rel = f"und/{i:06d}.png"
+            render_scene(objs, resolution).save(img_root / rel)
         qa = make_questions(spec, objs, rng, questions_per_image)
         conv = []
         for j, (q, a, _cat) in enumerate(qa):
@@ -675,7 +711,7 @@ def write_shapes_world(
         "config": {"n_train": n_train, "n_eval": n_eval, "n_videos": n_videos, "n_stories": n_stories,
                    "resolution": resolution, "video_frames": video_frames, "story_length": story_length,
                    "questions_per_image": questions_per_image, "p_no_color": p_no_color, "seed": seed,
-                   "grid": grid,
+                   "grid": grid, "layout": layout,
                    "holdout": [h.text for h in holdouts]},
         "video_format": video_kind,  # mp4 (or gif if utils.media fell back) | frames
         "palette": PALETTE, "background": BACKGROUND, "shapes": SHAPES, "relations": list(RELATIONS),

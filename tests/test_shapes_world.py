@@ -202,3 +202,69 @@ def test_grid_world_and_question_set(tmp_path: Path) -> None:
         sb.question_file(3)
     with pytest.raises(ValueError, match="grid must be"):
         shapes.write_shapes_world(tmp_path / "bad", n_train=1, grid=1)
+
+
+def _cells(objs, grid: int) -> list[tuple[int, int]]:
+    return [(round(o.cx * grid - 0.5), round(o.cy * grid - 0.5)) for o in objs]
+
+
+@pytest.mark.parametrize("kind", ["single", "pair", "relation", "count"])
+def test_grid_layouts_fix_what_the_caption_says(kind: str) -> None:
+    """random: cells vary; reading: objects fill their cells in caption order, row by row; canonical:
+    the caption alone fixes every cell (first cells in reading order, relations on row / column 0)."""
+    grid = 2
+    seen: dict[str, set] = {"random": set(), "reading": set(), "canonical": set()}
+    for layout in seen:
+        for i in range(60):
+            rng = random.Random(f"{kind}/{i}")
+            spec = shapes.sample_spec(rng, kind, p_no_color=0.0)
+            objs = shapes.layout_scene(spec, rng, grid=grid, layout=layout)
+            cells = _cells(objs, grid)
+            assert [o.shape for o in objs][:len(spec.objects)] == [o.shape for o in spec.objects]
+            order = [r * grid + c for c, r in cells]
+            if layout != "random" and kind != "relation":
+                assert order == sorted(order), (layout, spec.caption(), cells)
+            if layout == "canonical":
+                expect = {"single": [(0, 0)], "pair": [(0, 0), (1, 0)], "count": [(0, 0), (1, 0), (0, 1)][:spec.num_objects],
+                          "relation": {"left": [(0, 0), (1, 0)], "right": [(1, 0), (0, 0)],
+                                       "above": [(0, 0), (0, 1)], "below": [(0, 1), (0, 0)]}.get(spec.relation)}[kind]
+                assert cells == expect, (spec.caption(), cells)
+            seen[layout].add(tuple(cells))
+    assert len(seen["canonical"]) <= (4 if kind == "relation" else 2)
+    assert len(seen["random"]) > len(seen["canonical"])
+    if kind == "pair":  # random order puts the first-named object in the later cell about half the time
+        assert any([r * grid + c for c, r in cells] != sorted(r * grid + c for c, r in cells) for cells in seen["random"])
+    with pytest.raises(ValueError, match="unknown layout"):
+        shapes.layout_scene(shapes.sample_spec(random.Random(0), kind), random.Random(0), grid=grid, layout="diagonal")
+
+
+def test_random_layout_is_the_default_and_unchanged() -> None:
+    """The layout option must not move a single object of the default (random) world: the committed
+    question sets and earlier runs depend on it."""
+    for i in range(30):
+        a = shapes.layout_scene(shapes.sample_spec(random.Random(i), "pair"), random.Random(i), grid=2)
+        b = shapes.layout_scene(shapes.sample_spec(random.Random(i), "pair"), random.Random(i), grid=2, layout="random")
+        assert a == b
+    from evaluation import shapes_bench as sb
+
+    assert [json.loads(x) for x in sb.question_file(2).read_text().splitlines()] == sb.default_question_set(grid=2)
+
+
+def test_canonical_world_gives_conversations_images_of_their_own(tmp_path: Path) -> None:
+    paths = shapes.write_shapes_world(tmp_path, n_train=30, n_eval=2, n_videos=0, n_stories=0, grid=2,
+                                      layout="canonical", seed=3)
+    assert json.loads(Path(paths["manifest"]).read_text())["config"]["layout"] == "canonical"
+    t2i = [json.loads(x) for x in Path(paths["image_text"]).read_text().splitlines()]
+    llava = json.loads(Path(paths["llava_train"]).read_text())
+    assert all(e["image"].startswith("und/") and (Path(paths["image_root"]) / e["image"]).is_file() for e in llava)
+    # a lone object is always top left in the pairs, but the conversations' images use every cell
+    singles = [np.asarray(Image.open(r["path"])) for r in t2i if shapes.parse_caption(r["prompt"]).kind == "single"]
+    assert singles and all((a[:32, :32] < 250).any() and not (a[32:] < 250).any() and not (a[:, 32:] < 250).any()
+                           for a in singles)
+    inked = np.zeros((2, 2), bool)
+    for e in llava:
+        a = np.asarray(Image.open(Path(paths["image_root"]) / e["image"])) < 250
+        inked |= np.array([[a[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32].any() for c in range(2)] for r in range(2)])
+    assert inked.all()
+    with pytest.raises(ValueError, match="need a grid"):
+        shapes.write_shapes_world(tmp_path / "x", n_train=1, n_eval=1, n_videos=0, n_stories=0, layout="reading")
