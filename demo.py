@@ -133,12 +133,18 @@ def step_world(cfg: DictConfig, out: Path) -> dict[str, Any]:
     paths = write_shapes_world(data, n_train=int(w.n_train), n_eval=int(w.n_eval), n_videos=0, n_stories=0,
                                resolution=int(cfg.resolution), questions_per_image=int(w.questions_per_image),
                                p_no_color=float(w.p_no_color), holdout=[s for s in str(w.holdout).split(",") if s],
-                               seed=int(cfg.seed), video_format="frames", grid=int(w.grid))
+                               seed=int(cfg.seed), video_format="frames", grid=int(w.grid),
+                               layout=str(w.get("layout", "random")),
+                               kind_weights=to_plain(w.kind_weights) if w.get("kind_weights") else None)
     img_root = Path(paths["image_root"])
     rows = [json.loads(line) for line in Path(paths["image_text"]).read_text().splitlines() if line.strip()]
     rel = [{"path": str(Path(r["path"]).relative_to(img_root)), "prompt": r["prompt"]} for r in rows]
     (data / "t2i_rel.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rel))
-    n_q = sum(len(e["conversations"]) // 2 for e in json.loads(Path(paths["llava_train"]).read_text()))
+    llava = json.loads(Path(paths["llava_train"]).read_text())
+    # every training image once (the conversations may have images of their own): what the latent cache encodes
+    images = dict.fromkeys([r["path"] for r in rel] + [e["image"] for e in llava])
+    (data / "images_rel.jsonl").write_text("".join(json.dumps({"path": k}) + "\n" for k in images))
+    n_q = sum(len(e["conversations"]) // 2 for e in llava)
     print(f"    {len(rel)} image-text pairs, {n_q} training questions, held out: {w.holdout!r} -> {data}")
     return {"pairs": len(rel), "questions": n_q}
 
@@ -192,7 +198,7 @@ def step_vae(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
 def step_latents(cfg: DictConfig, out: Path) -> dict[str, Any]:
     data = out / "data"
-    args = ["scripts/cache_latents.py", f"data.annotation={data / 't2i_rel.jsonl'}", f"data.root={data / 'images'}",
+    args = ["scripts/cache_latents.py", f"data.annotation={data / 'images_rel.jsonl'}", f"data.root={data / 'images'}",
             f"data.resolution={int(cfg.resolution)}", "data.preprocess=crop", f"vae.source={out / 'vae'}",
             f"output.dir={out / 'latents'}", "output.overwrite=true", f"batch_size={int(cfg.latents.batch_size)}",
             "workers=1", "device=cpu"]
@@ -315,6 +321,8 @@ def step_report(cfg: DictConfig, out: Path, runner: StepRunner) -> dict[str, Any
         "Everything here was generated and trained on this machine from nothing: data, tokenizer, VAE, model.",
         f"Held-out composition(s) never seen in training: {cfg.world.holdout!r}; the benchmark reports "
         "seen and held-out prompts apart.",
+        f"Layout of the image-text pairs: {cfg.world.get('layout', 'random')} (canonical: the caption fixes every "
+        "cell); the conversations and the benchmark's question images use random layouts.",
         "Semantic layers are trained jointly (no SigLIP teacher exists offline to distil from).",
         "Recipe vs official: see the comments at the top of configs/demo/stage1.yaml and stage2.yaml.",
     ]

@@ -516,6 +516,7 @@ class WorldConfig:
     holdout: str = ",".join(DEFAULT_HOLDOUT)  # comma-separated patterns ("" = none)
     grid: int = 0                # 0: objects anywhere, sizes vary | N: one fixed-size object per cell of an N x N grid
     layout: str = "random"       # grid only: random | reading | canonical (how far a caption fixes its cells)
+    kind_weights: dict[str, float] | None = None  # image-text scene kinds, e.g. {single: 0.2, relation: 0.4, ...}
     video_format: str = "auto"   # auto: mp4 via utils.media.write_video (frame folders always written) | frames
 
 
@@ -526,9 +527,10 @@ def _item_rng(seed: int, split: str, i: int) -> random.Random:
 
 
 def _sample_scene(rng: random.Random, holdouts: Sequence[Holdout], p_no_color: float,
-                  kind: str | None = None, grid: int = 0, layout: str = "random") -> tuple[SceneSpec, list[Placed]]:
+                  kind: str | None = None, grid: int = 0, layout: str = "random",
+                  kind_weights: dict[str, float] | None = None) -> tuple[SceneSpec, list[Placed]]:
     for _ in range(1000):
-        spec = sample_spec(rng, kind, p_no_color)
+        spec = sample_spec(rng, kind, p_no_color, kind_weights)
         if holdouts and is_held_out(spec, None, holdouts):  # caption itself names a held-out composition
             continue
         try:
@@ -570,6 +572,7 @@ def write_shapes_world(
     video_format: str = "auto",
     grid: int = 0,
     layout: str = "random",
+    kind_weights: dict[str, float] | None = None,
 ) -> dict[str, str]:
     """Write the whole world under ``out_dir`` and return the paths of what was written.
 
@@ -582,6 +585,9 @@ def write_shapes_world(
     caption fixes where its objects go in the image-text pairs (see :func:`_grid_cells`); with
     ``canonical`` the LLaVA conversations get images of their own in random layouts, since images whose
     layout a caption fixes show objects in only some cells. Evaluation images are always random.
+    ``kind_weights``: how often each scene kind (single, pair, relation, count) is drawn for the
+    image-text pairs (default ``KIND_WEIGHTS``); evaluation images, and the conversations' own images of
+    the canonical layout, keep the default.
     """
     if (video_frames - 1) % 4:
         raise ValueError(f"video_frames must be 1 + 4k (got {video_frames})")
@@ -590,6 +596,9 @@ def write_shapes_world(
     if layout not in LAYOUTS or (layout != "random" and not grid):
         raise ValueError(f"layout must be one of {LAYOUTS} ('reading' / 'canonical' need a grid); got {layout!r}")
     own_und_images = layout == "canonical"
+    if kind_weights is not None and (set(kind_weights) - set(KIND_WEIGHTS) or min(kind_weights.values()) < 0
+                                     or sum(kind_weights.values()) <= 0):
+        raise ValueError(f"kind_weights: non-negative weights over {sorted(KIND_WEIGHTS)}; got {kind_weights}")
     root = Path(out_dir).resolve()
     img_root = root / "images"
     for sub in ("t2i", "und", "mmu_eval", "vist", "videos"):
@@ -600,7 +609,7 @@ def write_shapes_world(
     t2i, llava_train = [], []
     for i in range(n_train):
         rng = _item_rng(seed, "train", i)
-        spec, objs = _sample_scene(rng, holdouts, p_no_color, grid=grid, layout=layout)
+        spec, objs = _sample_scene(rng, holdouts, p_no_color, grid=grid, layout=layout, kind_weights=kind_weights)
         rel = f"t2i/{i:06d}.png"
         render_scene(objs, resolution).save(img_root / rel)
         t2i.append({"path": str(img_root / rel), "prompt": spec.caption()})
@@ -711,7 +720,7 @@ def write_shapes_world(
         "config": {"n_train": n_train, "n_eval": n_eval, "n_videos": n_videos, "n_stories": n_stories,
                    "resolution": resolution, "video_frames": video_frames, "story_length": story_length,
                    "questions_per_image": questions_per_image, "p_no_color": p_no_color, "seed": seed,
-                   "grid": grid, "layout": layout,
+                   "grid": grid, "layout": layout, "kind_weights": kind_weights or KIND_WEIGHTS,
                    "holdout": [h.text for h in holdouts]},
         "video_format": video_kind,  # mp4 (or gif if utils.media fell back) | frames
         "palette": PALETTE, "background": BACKGROUND, "shapes": SHAPES, "relations": list(RELATIONS),

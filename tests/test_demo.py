@@ -44,6 +44,10 @@ def test_demo_fast_end_to_end(tmp_path: Path) -> None:
     assert (out / "data" / "t2i_rel.jsonl").is_file()
     assert (out / "vae" / "config.json").is_file() and (out / "vae" / "recon.png").is_file()
     assert (out / "latents" / "meta.json").is_file()
+    # canonical layout (the default): the conversations have images of their own, and the cache holds both sets
+    llava = json.loads((out / "data" / "llava_train.json").read_text())
+    assert len(llava) == 96 and all(e["image"].startswith("und/") for e in llava)
+    assert json.loads((out / "latents" / "last_run.json").read_text())["summary"]["records"] == 2 * 96
     for stage in ("stage1", "stage2"):
         assert (out / stage / "export").is_dir()
         rows = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines() if line]
