@@ -330,6 +330,11 @@ GRID_FILL = 0.75  # grid layout: object side as a fraction of the cell side (24 
 LAYOUTS: tuple[str, ...] = ("random", "reading", "canonical")
 
 
+def _reading_order(cells: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(column, row) cells sorted row by row, left to right."""
+    return sorted(cells, key=lambda cr: (cr[1], cr[0]))
+
+
 def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int, layout: str = "random") -> list[tuple[int, int]]:
     """(column, row) cells for the objects of ``spec`` on a ``grid`` x ``grid`` board; relation scenes
     put both objects on one row (left/right) or one column (above/below), in the stated order.
@@ -345,14 +350,11 @@ def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int, layout: str = "r
         raise ValueError(f"unknown layout {layout!r} (one of {LAYOUTS})")
     n = spec.num_objects
     if spec.kind != "relation":
-        def reading_order(cells: list[tuple[int, int]]) -> list[tuple[int, int]]:
-            return sorted(cells, key=lambda cr: (cr[1], cr[0]))  # row by row, left to right
-
-        cells = [(c, r) for c in range(grid) for r in range(grid)]
+        cells = [(c, r) for c in range(grid) for r in range(grid)]  # this order keeps random layouts as they were
         if layout == "canonical":
-            return reading_order(cells)[:n]
+            return _reading_order(cells)[:n]
         chosen = rng.sample(cells, n)
-        return reading_order(chosen) if layout == "reading" else chosen
+        return _reading_order(chosen) if layout == "reading" else chosen
     if layout == "canonical":
         line, (i, j) = 0, (0, 1)
     else:
@@ -596,8 +598,8 @@ def write_shapes_world(
     if layout not in LAYOUTS or (layout != "random" and not grid):
         raise ValueError(f"layout must be one of {LAYOUTS} ('reading' / 'canonical' need a grid); got {layout!r}")
     own_und_images = layout == "canonical"
-    if kind_weights is not None and (set(kind_weights) - set(KIND_WEIGHTS) or min(kind_weights.values()) < 0
-                                     or sum(kind_weights.values()) <= 0):
+    if kind_weights is not None and (not kind_weights or set(kind_weights) - set(KIND_WEIGHTS)
+                                     or min(kind_weights.values()) < 0 or sum(kind_weights.values()) <= 0):
         raise ValueError(f"kind_weights: non-negative weights over {sorted(KIND_WEIGHTS)}; got {kind_weights}")
     root = Path(out_dir).resolve()
     img_root = root / "images"

@@ -276,6 +276,6 @@ def test_kind_weights_steer_the_image_text_pairs(tmp_path: Path) -> None:
     kinds = {shapes.parse_caption(json.loads(x)["prompt"]).kind for x in Path(paths["image_text"]).read_text().splitlines()}
     assert kinds == {"relation"}
     assert json.loads(Path(paths["manifest"]).read_text())["config"]["kind_weights"] == {"relation": 1.0, "single": 0.0}
-    for bad in ({"relations": 1.0}, {"single": -1.0}, {"single": 0.0}):
+    for bad in ({"relations": 1.0}, {"single": -1.0}, {"single": 0.0}, {}):
         with pytest.raises(ValueError, match="kind_weights"):
             shapes.write_shapes_world(tmp_path / "x", n_train=1, n_eval=1, n_videos=0, n_stories=0, grid=2, kind_weights=bad)
