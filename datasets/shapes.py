@@ -330,6 +330,11 @@ GRID_FILL = 0.75  # grid layout: object side as a fraction of the cell side (24 
 LAYOUTS: tuple[str, ...] = ("random", "reading", "canonical")
 
 
+def _check_layout(layout: str, grid: int) -> None:
+    if layout not in LAYOUTS or (layout != "random" and not grid):
+        raise ValueError(f"layout must be one of {LAYOUTS} ('reading' / 'canonical' need a grid); got {layout!r}")
+
+
 def _reading_order(cells: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """(column, row) cells sorted row by row, left to right."""
     return sorted(cells, key=lambda cr: (cr[1], cr[0]))
@@ -346,8 +351,6 @@ def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int, layout: str = "r
     * ``canonical``: the caption fixes every cell: objects fill the first cells in reading order, and
       relations use the first row / column.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r} (one of {LAYOUTS})")
     n = spec.num_objects
     if spec.kind != "relation":
         cells = [(c, r) for c in range(grid) for r in range(grid)]  # this order keeps random layouts as they were
@@ -374,6 +377,7 @@ def layout_scene(spec: SceneSpec, rng: random.Random, holdouts: Sequence[Holdout
     size (``GRID_FILL`` of the cell). When cells are whole visual tokens (a visual token is 16 px: 8x VAE,
     2x2 patches; so grid 2 or 4 at 64 px) an object always covers the same tokens in the same way.
     ``layout`` (grid only): how far the caption fixes the cells, see :func:`_grid_cells`."""
+    _check_layout(layout, grid)
     for _ in range(max_tries):
         colors = [o.color or rng.choice(COLORS) for o in spec.objects]
         if grid:
@@ -595,8 +599,7 @@ def write_shapes_world(
         raise ValueError(f"video_frames must be 1 + 4k (got {video_frames})")
     if grid < 0 or grid == 1:
         raise ValueError(f"grid must be 0 (free placement) or >= 2 (three objects need three cells); got {grid}")
-    if layout not in LAYOUTS or (layout != "random" and not grid):
-        raise ValueError(f"layout must be one of {LAYOUTS} ('reading' / 'canonical' need a grid); got {layout!r}")
+    _check_layout(layout, grid)  # here too: _sample_scene retries on ValueError and would hide it
     own_und_images = layout == "canonical"
     if kind_weights is not None and (not kind_weights or set(kind_weights) - set(KIND_WEIGHTS)
                                      or min(kind_weights.values()) < 0 or sum(kind_weights.values()) <= 0):

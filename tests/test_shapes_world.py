@@ -234,8 +234,10 @@ def test_grid_layouts_fix_what_the_caption_says(kind: str) -> None:
     assert len(seen["random"]) > len(seen["canonical"])
     if kind == "pair":  # random order puts the first-named object in the later cell about half the time
         assert any([r * grid + c for c, r in cells] != sorted(r * grid + c for c, r in cells) for cells in seen["random"])
-    with pytest.raises(ValueError, match="unknown layout"):
+    with pytest.raises(ValueError, match="layout must be one of"):
         shapes.layout_scene(shapes.sample_spec(random.Random(0), kind), random.Random(0), grid=grid, layout="diagonal")
+    with pytest.raises(ValueError, match="need a grid"):  # free placement has no cells to fix
+        shapes.layout_scene(shapes.sample_spec(random.Random(0), kind), random.Random(0), layout="canonical")
 
 
 def test_random_layout_is_the_default_and_unchanged() -> None:

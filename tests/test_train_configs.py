@@ -12,12 +12,14 @@ import torch
 import yaml
 
 from models import Showo2Config, Showo2Model
+from training.loop import micro_batch_rows
 from training.optim import build_optimizer, build_scheduler, freeze_params
 from utils.config import load_config, load_yaml, to_plain
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs").glob("showo2_*.yaml"))
 TINY = sorted((ROOT / "configs" / "tiny").glob("*.yaml"))
+DEMO = sorted((ROOT / "configs" / "demo").glob("stage*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def _tiny(model) -> Showo2Model:
     return model
 
 
-@pytest.mark.parametrize("path", RECIPES + TINY, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", RECIPES + TINY + DEMO, ids=lambda p: p.name)
 def test_recipe_builds_on_the_model(path, tiny_model_state):
     cfg = load_yaml(path)
     for section in ("experiment", "model", "data", "optimizer", "lr_scheduler", "training", "logging"):
@@ -47,7 +49,7 @@ def test_recipe_builds_on_the_model(path, tiny_model_state):
     assert cfg.data.source in ("mixed", "synthetic")
     if cfg.data.source == "mixed":
         rows = sum(int(s["batch_size"]) for s in cfg.data.sources)
-        assert rows == cfg.data.micro_batch_size or cfg.data.get("mode") == "prob"
+        assert rows == micro_batch_rows(cfg.data) or cfg.data.get("mode") == "prob"
 
 
 def _trainable(path, state) -> set[str]:
@@ -109,3 +111,16 @@ def test_cli_overrides_and_typos():
 def test_entry_point_help(script):
     p = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "config=" in p.stdout and "training:" in p.stdout
+
+
+def test_micro_batch_rows_derived_in_concat_mode():
+    """Concat mode: the sum of the sources' rows (no second copy to keep in step); an explicit value must
+    agree; prob mode and synthetic data take the configured value."""
+    srcs = [{"name": "t2i", "batch_size": 16}, {"name": "und", "batch_size": 24}]
+    assert micro_batch_rows({"source": "mixed", "mode": "concat", "sources": srcs}) == 40
+    assert micro_batch_rows({"source": "mixed", "sources": srcs, "micro_batch_size": 40}) == 40
+    with pytest.raises(ValueError, match="micro_batch_size=32 but the concat sources hold 40"):
+        micro_batch_rows({"source": "mixed", "sources": srcs, "micro_batch_size": 32})
+    assert micro_batch_rows({"source": "mixed", "mode": "prob", "sources": srcs, "micro_batch_size": 16}) == 16
+    assert micro_batch_rows({"source": "synthetic", "micro_batch_size": 3}) == 3
+    assert micro_batch_rows({"source": "synthetic"}) is None

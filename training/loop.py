@@ -25,7 +25,7 @@ from training.logging import NonFiniteGuard, RunLogger, peak_memory, save_image_
 from training.optim import build_optimizer, build_scheduler, freeze_params, group_lrs, trainable_summary
 from utils.config import save_config, to_plain
 
-__all__ = ["train", "setup_accelerator", "flow_inputs", "build_model", "build_data", "build_vae"]
+__all__ = ["train", "setup_accelerator", "micro_batch_rows", "flow_inputs", "build_model", "build_data", "build_vae"]
 
 
 # ================================================================================================
@@ -37,6 +37,23 @@ def _mixed_precision(cfg: DictConfig) -> str:
     if mp == "auto":  # bf16 on GPU (official), fp32 on CPU (exact, and CPU bf16 is slow)
         return "bf16" if torch.cuda.is_available() else "no"
     return mp
+
+
+def micro_batch_rows(data: Mapping[str, Any]) -> int | None:
+    """Rows per micro-batch per process (DeepSpeed's ``train_micro_batch_size_per_gpu``).
+
+    A concat-mode mixed loader puts every source's ``batch_size`` rows into each micro-batch, so the
+    number is their sum, derived here rather than kept as a second copy in the config that a CLI change
+    of one source's rows would leave behind. An explicit ``data.micro_batch_size`` must agree with it.
+    Other loaders (prob mode, synthetic) take ``data.micro_batch_size`` as given (None when unset)."""
+    given = data.get("micro_batch_size")
+    if data.get("source") == "mixed" and data.get("mode", "concat") == "concat" and data.get("sources"):
+        rows = sum(int(s["batch_size"]) for s in data["sources"])
+        if given is not None and int(given) != rows:
+            raise ValueError(f"data.micro_batch_size={given} but the concat sources hold {rows} rows per micro-batch "
+                             "(sum of their batch_size); drop micro_batch_size to derive it")
+        return rows
+    return None if given is None else int(given)
 
 
 def setup_accelerator(cfg: DictConfig):
@@ -52,6 +69,7 @@ def setup_accelerator(cfg: DictConfig):
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     tr = cfg.training
+    micro = micro_batch_rows(cfg.data)  # checked on every backend, used by DeepSpeed
     use_ds = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     use_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     on_cpu = not torch.cuda.is_available()
@@ -69,7 +87,8 @@ def setup_accelerator(cfg: DictConfig):
         base = DeepSpeedPlugin()  # reads the launcher's zero stage / offload settings from the env
         ds = dict(base.deepspeed_config)
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        micro = int(cfg.data.get("micro_batch_size", 1))
+        if micro is None:
+            raise ValueError("DeepSpeed needs data.micro_batch_size for a prob-mode or synthetic loader")
         ds.update(
             gradient_clipping=float(tr.get("max_grad_norm") or 0.0),
             gradient_accumulation_steps=ga,
