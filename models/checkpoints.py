@@ -46,6 +46,11 @@ def resolve_path(path_or_hub_id: str | os.PathLike, revision: str | None = None,
     if p.exists():
         raise ValueError(f"{p} is a file; pass the checkpoint folder")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    try:
+        validate_repo_id(str(path_or_hub_id))
+    except HFValidationError:  # e.g. a relative path with two slashes: say what is missing, not how ids look
+        raise FileNotFoundError(f"no such folder {p.resolve()} (and {str(path_or_hub_id)!r} is not a Hub id)") from None
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     return Path(snapshot_download(str(path_or_hub_id), revision=revision, cache_dir=cache_dir,

@@ -126,6 +126,14 @@ def test_hub_id_offline_fails_cleanly(monkeypatch, tmp_path):
         resolve_path("showlab/show-o2-does-not-exist")
 
 
+def test_missing_local_folder_is_named(tmp_path):
+    """A path that cannot be a Hub id gets 'no such folder', not huggingface_hub's id-format error."""
+    with pytest.raises(FileNotFoundError, match="no such folder .*run/stage1/export"):
+        resolve_path(tmp_path / "run" / "stage1" / "export")
+    with pytest.raises(FileNotFoundError, match="not a Hub id"):
+        resolve_path("run/stage1/export")
+
+
 def test_from_pretrained_backbones_and_semantic_layers(tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
