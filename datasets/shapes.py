@@ -348,8 +348,9 @@ def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int, layout: str = "r
     * ``random``: any cells, objects in any order;
     * ``reading``: any cells, but the objects fill them in the caption's order, read row by row (a pair
       "a A and a B" puts A in the earlier cell), so which object goes where is never a coin toss;
-    * ``canonical``: the caption fixes every cell: objects fill the first cells in reading order, and
-      relations use the first row / column.
+    * ``canonical``: the caption fixes the whole image: objects fill the first cells in reading order, a
+      relation puts each noun in a cell of its own (below), and an object the caption leaves uncoloured
+      takes a default colour (:func:`_default_color`). The generator never has to break a symmetry.
     """
     n = spec.num_objects
     if spec.kind != "relation":
@@ -359,13 +360,32 @@ def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int, layout: str = "r
         chosen = rng.sample(cells, n)
         return _reading_order(chosen) if layout == "reading" else chosen
     if layout == "canonical":
-        line, (i, j) = 0, (0, 1)
-    else:
-        line, (i, j) = rng.randrange(grid), sorted(rng.sample(range(grid), 2))
+        # A ("A right of B") sits in the first cell for left/above and in the last for right/below,
+        # so each cell holds the same noun whatever the relation: (0, 0) and (g-1, g-1) always the first,
+        # (1, 0) and (0, 1) (their neighbours) always the second; the relation word only picks the cells.
+        if spec.relation in ("left", "above"):
+            a, b = 0, 1
+            line = 0
+        else:
+            a, b = grid - 1, grid - 2
+            line = grid - 1
+        if spec.relation in ("left", "right"):
+            return [(a, line), (b, line)]
+        return [(line, a), (line, b)]
+    line, (i, j) = rng.randrange(grid), sorted(rng.sample(range(grid), 2))
     first, second = (i, j) if spec.relation in ("left", "above") else (j, i)  # A's index, B's index
     if spec.relation in ("left", "right"):
         return [(first, line), (second, line)]
     return [(line, first), (line, second)]
+
+
+def _default_color(shape: str, holdouts: Sequence[Holdout]) -> str:
+    """Colour of an object its caption leaves uncoloured, in the canonical layout: the first palette colour
+    not held out for that shape."""
+    for c in COLORS:
+        if not any(h.relation is None and h.count is None and h.matches_object(c, shape) for h in holdouts):
+            return c
+    raise ValueError(f"every colour of a {shape} is held out")
 
 
 def layout_scene(spec: SceneSpec, rng: random.Random, holdouts: Sequence[Holdout] = (),
@@ -379,7 +399,10 @@ def layout_scene(spec: SceneSpec, rng: random.Random, holdouts: Sequence[Holdout
     ``layout`` (grid only): how far the caption fixes the cells, see :func:`_grid_cells`."""
     _check_layout(layout, grid)
     for _ in range(max_tries):
-        colors = [o.color or rng.choice(COLORS) for o in spec.objects]
+        if layout == "canonical":  # the caption fixes the colours too (see _grid_cells)
+            colors = [o.color or _default_color(o.shape, holdouts) for o in spec.objects]
+        else:
+            colors = [o.color or rng.choice(COLORS) for o in spec.objects]
         if grid:
             # a count scene repeats its single object (and colour) count times
             drawn = list(zip(spec.objects, colors)) * (spec.num_objects // len(spec.objects))
@@ -589,8 +612,8 @@ def write_shapes_world(
     objects anywhere at varying sizes; N > 0 puts them in the cells of an N x N grid (see
     :func:`layout_scene`; videos and stories keep free placement). ``layout`` (grid only): how far a
     caption fixes where its objects go in the image-text pairs (see :func:`_grid_cells`); with
-    ``canonical`` the LLaVA conversations get images of their own in random layouts, since images whose
-    layout a caption fixes show objects in only some cells. Evaluation images are always random.
+    ``canonical`` the LLaVA conversations get images of their own in random layouts and colours, since
+    images whose layout a caption fixes show objects in only some cells (and uncoloured ones in one colour). Evaluation images are always random.
     ``kind_weights``: how often each scene kind (single, pair, relation, count) is drawn for the
     image-text pairs (default ``KIND_WEIGHTS``); evaluation images, and the conversations' own images of
     the canonical layout, keep the default.

@@ -211,7 +211,8 @@ def _cells(objs, grid: int) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("kind", ["single", "pair", "relation", "count"])
 def test_grid_layouts_fix_what_the_caption_says(kind: str) -> None:
     """random: cells vary; reading: objects fill their cells in caption order, row by row; canonical:
-    the caption alone fixes every cell (first cells in reading order, relations on row / column 0)."""
+    the caption alone fixes every cell (first cells in reading order; a relation's first noun top left for
+    left / above and bottom right for right / below, so every cell holds the same noun)."""
     grid = 2
     seen: dict[str, set] = {"random": set(), "reading": set(), "canonical": set()}
     for layout in seen:
@@ -226,9 +227,12 @@ def test_grid_layouts_fix_what_the_caption_says(kind: str) -> None:
                 assert order == sorted(order), (layout, spec.caption(), cells)
             if layout == "canonical":
                 expect = {"single": [(0, 0)], "pair": [(0, 0), (1, 0)], "count": [(0, 0), (1, 0), (0, 1)][:spec.num_objects],
-                          "relation": {"left": [(0, 0), (1, 0)], "right": [(1, 0), (0, 0)],
-                                       "above": [(0, 0), (0, 1)], "below": [(0, 1), (0, 0)]}.get(spec.relation)}[kind]
+                          "relation": {"left": [(0, 0), (1, 0)], "right": [(1, 1), (0, 1)],
+                                       "above": [(0, 0), (0, 1)], "below": [(1, 1), (1, 0)]}.get(spec.relation)}[kind]
                 assert cells == expect, (spec.caption(), cells)
+                if kind == "relation":  # each cell holds the same noun whatever the relation
+                    assert cells[0] in ((0, 0), (1, 1)) and cells[1] in ((1, 0), (0, 1))
+                    assert shapes.relation_holds((objs[0].cx, objs[0].cy), (objs[1].cx, objs[1].cy), spec.relation, 0.2)
             seen[layout].add(tuple(cells))
     assert len(seen["canonical"]) <= (4 if kind == "relation" else 2)
     assert len(seen["random"]) > len(seen["canonical"])
@@ -238,6 +242,29 @@ def test_grid_layouts_fix_what_the_caption_says(kind: str) -> None:
         shapes.layout_scene(shapes.sample_spec(random.Random(0), kind), random.Random(0), grid=grid, layout="diagonal")
     with pytest.raises(ValueError, match="need a grid"):  # free placement has no cells to fix
         shapes.layout_scene(shapes.sample_spec(random.Random(0), kind), random.Random(0), layout="canonical")
+
+
+def test_canonical_layout_fixes_colours_the_caption_leaves_open() -> None:
+    """Uncoloured objects take the first palette colour that is not held out for their shape; colours
+    the caption names are kept, and the random layout still draws them."""
+    holdouts = shapes.parse_holdout("red triangle, two green squares")
+    first = shapes.COLORS[0]
+    drawn = set()
+    for i in range(40):
+        rng = random.Random(i)
+        spec = shapes.sample_spec(rng, ["single", "pair", "relation", "count"][i % 4], p_no_color=0.5)
+        if shapes.is_held_out(spec, None, holdouts):  # named colours that are held out
+            continue
+        objs = shapes.layout_scene(spec, random.Random(i), holdouts, grid=2, layout="canonical")
+        for o, p in zip(spec.objects, objs):
+            want = o.color or (shapes.COLORS[1] if o.shape == "triangle" else first)
+            assert p.color == want, (spec.caption(), p)
+        drawn |= {p.color for o, p in zip(spec.objects, shapes.layout_scene(
+            spec, random.Random(i), holdouts, grid=2)) if o.color is None}
+    assert len(drawn) > 1
+    with pytest.raises(ValueError, match="every colour of a circle is held out"):
+        shapes.layout_scene(shapes.SceneSpec("single", (shapes.ObjSpec("circle"),)), random.Random(0),
+                            shapes.parse_holdout(",".join(f"{c} circle" for c in shapes.COLORS)), grid=2, layout="canonical")
 
 
 def test_random_layout_is_the_default_and_unchanged() -> None:
