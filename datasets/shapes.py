@@ -360,15 +360,10 @@ def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int, layout: str = "r
         chosen = rng.sample(cells, n)
         return _reading_order(chosen) if layout == "reading" else chosen
     if layout == "canonical":
-        # A ("A right of B") sits in the first cell for left/above and in the last for right/below,
-        # so each cell holds the same noun whatever the relation: (0, 0) and (g-1, g-1) always the first,
-        # (1, 0) and (0, 1) (their neighbours) always the second; the relation word only picks the cells.
-        if spec.relation in ("left", "above"):
-            a, b = 0, 1
-            line = 0
-        else:
-            a, b = grid - 1, grid - 2
-            line = grid - 1
+        # A ("A right of B") sits in the first cell for left/above and in the last for right/below, B next
+        # to it on the same row / column. So no cell holds A for one relation and B for another: the
+        # relation word only picks which cells are used, never which noun goes where.
+        a, b, line = (0, 1, 0) if spec.relation in ("left", "above") else (grid - 1, grid - 2, grid - 1)
         if spec.relation in ("left", "right"):
             return [(a, line), (b, line)]
         return [(line, a), (line, b)]
@@ -436,6 +431,8 @@ def layout_scene(spec: SceneSpec, rng: random.Random, holdouts: Sequence[Holdout
                     if cross > 0.12:
                         continue
         if holdouts and is_held_out(spec, objs, holdouts):
+            if layout == "canonical" and grid:  # nothing was drawn at random: another try gives the same scene
+                break
             continue
         return objs
     raise ValueError(f"could not lay out {spec.caption()!r} (held out? {[h.text for h in holdouts]})")
@@ -613,7 +610,8 @@ def write_shapes_world(
     :func:`layout_scene`; videos and stories keep free placement). ``layout`` (grid only): how far a
     caption fixes where its objects go in the image-text pairs (see :func:`_grid_cells`); with
     ``canonical`` the LLaVA conversations get images of their own in random layouts and colours, since
-    images whose layout a caption fixes show objects in only some cells (and uncoloured ones in one colour). Evaluation images are always random.
+    images whose layout a caption fixes show objects in only some cells (and uncoloured ones in one
+    colour). Evaluation images are always random.
     ``kind_weights``: how often each scene kind (single, pair, relation, count) is drawn for the
     image-text pairs (default ``KIND_WEIGHTS``); evaluation images, and the conversations' own images of
     the canonical layout, keep the default.
