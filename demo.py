@@ -323,8 +323,9 @@ def step_report(cfg: DictConfig, out: Path, runner: StepRunner) -> dict[str, Any
         "Everything here was generated and trained on this machine from nothing: data, tokenizer, VAE, model.",
         f"Held-out composition(s) never seen in training: {cfg.world.holdout!r}; the benchmark reports "
         "seen and held-out prompts apart.",
-        f"Layout of the image-text pairs: {cfg.world.get('layout', 'random')} (canonical: the caption fixes every "
-        "cell); the conversations and the benchmark's question images use random layouts.",
+        f"Layout of the image-text pairs: {cfg.world.get('layout', 'random')} (canonical: the caption fixes the whole "
+        "image, cells and the colour of uncoloured objects); the conversations and the benchmark's question images "
+        "use random layouts and colours.",
         "Semantic layers are trained jointly (no SigLIP teacher exists offline to distil from).",
         "Recipe vs official: see the comments at the top of configs/demo/stage1.yaml and stage2.yaml.",
     ]

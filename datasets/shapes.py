@@ -378,7 +378,7 @@ def _default_color(shape: str, holdouts: Sequence[Holdout]) -> str:
     """Colour of an object its caption leaves uncoloured, in the canonical layout: the first palette colour
     not held out for that shape."""
     for c in COLORS:
-        if not any(h.relation is None and h.count is None and h.matches_object(c, shape) for h in holdouts):
+        if not is_held_out(SceneSpec("single", (ObjSpec(shape, c),)), None, holdouts):
             return c
     raise ValueError(f"every colour of a {shape} is held out")
 
@@ -431,7 +431,7 @@ def layout_scene(spec: SceneSpec, rng: random.Random, holdouts: Sequence[Holdout
                     if cross > 0.12:
                         continue
         if holdouts and is_held_out(spec, objs, holdouts):
-            if layout == "canonical" and grid:  # nothing was drawn at random: another try gives the same scene
+            if layout == "canonical":  # nothing was drawn at random: another try gives the same scene
                 break
             continue
         return objs
