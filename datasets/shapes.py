@@ -488,8 +488,17 @@ def render_video(track: Sequence[Placed], resolution: int = 64) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------
 # Understanding questions with one-word answers.
-def make_questions(spec: SceneSpec, objs: Sequence[Placed], rng: random.Random, n: int = 2) -> list[tuple[str, str, str]]:
-    """Up to ``n`` distinct (question, answer, category) triples about a scene; answers are one word."""
+def make_questions(spec: SceneSpec, objs: Sequence[Placed], rng: random.Random, n: int = 2,
+                   near_miss: float = 0.0, holdouts: Sequence[Holdout] = ()) -> list[tuple[str, str, str]]:
+    """Up to ``n`` distinct (question, answer, category) triples about a scene; answers are one word.
+
+    ``near_miss``: how often a yes/no question with answer "no" asks about a pair that shares its colour
+    or its shape with an object in the scene (a blue square next to a red one), instead of any absent
+    pair. Only near misses need colour and shape bound to the same object; a model that sees few of
+    them learns to answer from the shape alone. 0 keeps the random stream of earlier versions.
+    ``holdouts``: colour-shape pairs a question must not name (training text never mentions a held-out
+    composition, not even as absent); empty for evaluation sets, which ask about them on purpose.
+    """
     qs: list[tuple[str, str, str]] = []
     shapes = {o.shape for o in objs}
     colors = {o.color for o in objs}
@@ -504,7 +513,10 @@ def make_questions(spec: SceneSpec, objs: Sequence[Placed], rng: random.Random, 
     if rng.random() < 0.5:
         qs.append((f"Is there a {present.color} {present.shape}?", "yes", "yesno"))
     else:
-        absent = [(c, s) for c in COLORS for s in SHAPES if not any(o.color == c and o.shape == s for o in objs)]
+        absent = [(c, s) for c in COLORS for s in SHAPES if not any(o.color == c and o.shape == s for o in objs)
+                  and not (holdouts and is_held_out(SceneSpec("single", (ObjSpec(s, c),)), None, holdouts))]
+        if near_miss and rng.random() < near_miss:
+            absent = [(c, s) for c, s in absent if c in colors or s in shapes] or absent
         c, s = rng.choice(absent)
         qs.append((f"Is there a {c} {s}?", "no", "yesno"))
     if num == 2 and spec.kind in ("relation", "pair"):
@@ -537,6 +549,7 @@ class WorldConfig:
     video_frames: int = 5        # 1 + 4k so the causal VAE maps it to 1 + k latent frames
     story_length: int = 4        # images per VIST-style story (the official loader keeps at most 4)
     questions_per_image: int = 2
+    yesno_near_miss: float = 0.0  # share of the training "no" questions that name a near miss (see make_questions)
     p_no_color: float = 0.15
     seed: int = 0
     holdout: str = ",".join(DEFAULT_HOLDOUT)  # comma-separated patterns ("" = none)
@@ -592,6 +605,7 @@ def write_shapes_world(
     video_frames: int = 5,
     story_length: int = 4,
     questions_per_image: int = 2,
+    yesno_near_miss: float = 0.0,
     p_no_color: float = 0.15,
     holdout: str | Iterable[str] | None = DEFAULT_HOLDOUT,
     seed: int = 0,
@@ -612,6 +626,8 @@ def write_shapes_world(
     ``canonical`` the LLaVA conversations get images of their own in random layouts and colours, since
     images whose layout a caption fixes show objects in only some cells (and uncoloured ones in one
     colour). Evaluation images are always random.
+    ``yesno_near_miss``: share of the training conversations' "no" questions that ask about a near miss
+    (see :func:`make_questions`); the world's own evaluation questions keep the plain draw.
     ``kind_weights``: how often each scene kind (single, pair, relation, count) is drawn for the
     image-text pairs (default ``KIND_WEIGHTS``); evaluation images, and the conversations' own images of
     the canonical layout, keep the default.
@@ -632,7 +648,7 @@ def write_shapes_world(
     holdouts = parse_holdout(holdout)
 
     # 1) image-text pairs + LLaVA training conversations on the same images
-    t2i, llava_train = [], []
+    t2i, llava_train, und_text = [], [], []
     for i in range(n_train):
         rng = _item_rng(seed, "train", i)
         spec, objs = _sample_scene(rng, holdouts, p_no_color, grid=grid, layout=layout, kind_weights=kind_weights)
@@ -644,7 +660,8 @@ def write_shapes_world(
             spec, objs = _sample_scene(rng, holdouts, p_no_color, grid=grid)
             rel = f"und/{i:06d}.png"
             render_scene(objs, resolution).save(img_root / rel)
-        qa = make_questions(spec, objs, rng, questions_per_image)
+            und_text.append({"path": str(img_root / rel), "prompt": spec.caption()})
+        qa = make_questions(spec, objs, rng, questions_per_image, near_miss=yesno_near_miss, holdouts=holdouts)
         conv = []
         for j, (q, a, _cat) in enumerate(qa):
             conv.append({"from": "human", "value": ("<image>\n" if j == 0 else "") + q})
@@ -725,6 +742,8 @@ def write_shapes_world(
         "root": str(root),
         "image_root": str(img_root),
         "image_text": str(root / "t2i_train.jsonl"),
+        # captions of the conversations' own images (canonical layout); else the image-text pairs again
+        "und_text": str(root / ("und_text.jsonl" if own_und_images else "t2i_train.jsonl")),
         "llava_train": str(root / "llava_train.json"),
         "llava_eval": str(root / "llava_eval.json"),
         "video_text": str(root / "video_train.jsonl"),
@@ -735,6 +754,8 @@ def write_shapes_world(
         "manifest": str(root / "manifest.json"),
     }
     _write_jsonl(paths["image_text"], t2i)
+    if own_und_images:
+        _write_jsonl(paths["und_text"], und_text)
     _write_json(paths["llava_train"], llava_train)
     _write_json(paths["llava_eval"], llava_eval)
     _write_jsonl(paths["video_text"], videos)
@@ -745,7 +766,8 @@ def write_shapes_world(
     manifest = {
         "config": {"n_train": n_train, "n_eval": n_eval, "n_videos": n_videos, "n_stories": n_stories,
                    "resolution": resolution, "video_frames": video_frames, "story_length": story_length,
-                   "questions_per_image": questions_per_image, "p_no_color": p_no_color, "seed": seed,
+                   "questions_per_image": questions_per_image, "yesno_near_miss": yesno_near_miss,
+                   "p_no_color": p_no_color, "seed": seed,
                    "grid": grid, "layout": layout, "kind_weights": kind_weights or KIND_WEIGHTS,
                    "holdout": [h.text for h in holdouts]},
         "video_format": video_kind,  # mp4 (or gif if utils.media fell back) | frames

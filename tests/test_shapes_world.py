@@ -23,6 +23,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_image_text_jsonl(world: dict[str, str]) -> None:
+    assert world["und_text"] == world["image_text"]  # no images of their own outside the canonical layout
     rows = [json.loads(line) for line in Path(world["image_text"]).read_text().splitlines()]
     assert len(rows) == 60
     for r in rows:
@@ -39,6 +40,10 @@ def test_holdouts_absent_from_training(world: dict[str, str]) -> None:
     captions = [json.loads(line)["prompt"] for line in Path(world["image_text"]).read_text().splitlines()]
     captions += [c for s in json.loads(Path(world["vist"]).read_text()) for c in s["captions"]]
     captions += [json.loads(line)["prompt"] for line in Path(world["video_text"]).read_text().splitlines()]
+    # nor in the conversations' text, not even as a pair that is absent
+    conversations = json.loads(Path(world["llava_train"]).read_text())
+    assert not any("blue triangle" in t["value"] for e in conversations for t in e["conversations"])
+    assert any(t["value"].startswith("Is there") for e in conversations for t in e["conversations"])
     for c in captions:
         assert "blue triangle" not in c and "three squares" not in c and "three blue squares" not in c
         if "moving" not in c:
@@ -295,6 +300,15 @@ def test_canonical_world_gives_conversations_images_of_their_own(tmp_path: Path)
         a = np.asarray(Image.open(Path(paths["image_root"]) / e["image"])) < 250
         inked |= np.array([[a[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32].any() for c in range(2)] for r in range(2)])
     assert inked.all()
+    # the conversations' images come with captions of their own (stage 1's captioning rows read them)
+    und = [json.loads(x) for x in Path(paths["und_text"]).read_text().splitlines()]
+    assert [Path(r["path"]).relative_to(paths["image_root"]).as_posix() for r in und] == [e["image"] for e in llava]
+    for r in und:
+        spec = shapes.parse_caption(r["prompt"])
+        ink = np.asarray(Image.open(r["path"])) < 250
+        cells = sum(ink[rr * 32:(rr + 1) * 32, c * 32:(c + 1) * 32].any() for rr in range(2) for c in range(2))
+        assert cells == spec.num_objects  # one object per used cell, as many as the caption names
+        assert not shapes.is_held_out(spec, None, shapes.parse_holdout(shapes.DEFAULT_HOLDOUT))
     with pytest.raises(ValueError, match="need a grid"):
         shapes.write_shapes_world(tmp_path / "x", n_train=1, n_eval=1, n_videos=0, n_stories=0, layout="reading")
 
@@ -308,3 +322,52 @@ def test_kind_weights_steer_the_image_text_pairs(tmp_path: Path) -> None:
     for bad in ({"relations": 1.0}, {"single": -1.0}, {"single": 0.0}, {}):
         with pytest.raises(ValueError, match="kind_weights"):
             shapes.write_shapes_world(tmp_path / "x", n_train=1, n_eval=1, n_videos=0, n_stories=0, grid=2, kind_weights=bad)
+
+
+def test_yesno_near_misses_share_a_colour_or_shape() -> None:
+    """With near_miss=1 every "no" names a pair one attribute away from an object in the scene, which is
+    what forces a model to bind colour to shape; the plain draw also asks about unrelated pairs."""
+    objs = [shapes.Placed("circle", "red", 0.25, 0.25, 0.375), shapes.Placed("square", "blue", 0.75, 0.25, 0.375)]
+    spec = shapes.SceneSpec("pair", (shapes.ObjSpec("circle", "red"), shapes.ObjSpec("square", "blue")))
+
+    def noes(near_miss: float) -> set[tuple[str, str]]:
+        out = set()
+        for i in range(400):
+            for q, a, cat in shapes.make_questions(spec, objs, random.Random(i), n=9, near_miss=near_miss):
+                if cat == "yesno" and a == "no":
+                    c, s = q.removeprefix("Is there a ").rstrip("?").split()
+                    out.add((c, s))
+        return out
+
+    near = noes(1.0)
+    assert near and all(c in ("red", "blue") or s in ("circle", "square") for c, s in near)
+    assert not near & {("red", "circle"), ("blue", "square")}
+    assert {("red", "square"), ("blue", "circle")} <= near  # the pure binding cases are among them
+    assert any(c not in ("red", "blue") and s not in ("circle", "square") for c, s in noes(0.0))
+
+
+def test_questions_never_name_a_held_out_pair_when_told() -> None:
+    objs = [shapes.Placed("circle", "red", 0.25, 0.25, 0.375)]
+    spec = shapes.SceneSpec("single", (shapes.ObjSpec("circle", "red"),))
+    hold = shapes.parse_holdout(HOLDOUT)
+
+    def asked(**kw) -> set[str]:
+        return {q for i in range(300) for q, _, _ in shapes.make_questions(spec, objs, random.Random(i), n=9, **kw)}
+
+    assert "Is there a blue triangle?" in asked()  # evaluation sets ask about it on purpose
+    assert "Is there a blue triangle?" not in asked(holdouts=hold) | asked(holdouts=hold, near_miss=1.0)
+    assert "Is there a blue square?" in asked(holdouts=hold)
+
+
+def test_world_near_misses_only_in_training_conversations(tmp_path: Path) -> None:
+    kw = dict(n_train=40, n_eval=20, n_videos=0, n_stories=0, grid=2, layout="canonical", seed=5)
+    plain = shapes.write_shapes_world(tmp_path / "a", **kw)
+    near = shapes.write_shapes_world(tmp_path / "b", yesno_near_miss=1.0, **kw)
+    assert json.loads(Path(near["manifest"]).read_text())["config"]["yesno_near_miss"] == 1.0
+    for key in ("llava_eval",):  # the world's own evaluation questions keep the plain draw
+        assert Path(plain[key]).read_text().replace(str(tmp_path / "a"), "") == \
+            Path(near[key]).read_text().replace(str(tmp_path / "b"), "")
+    for sub in ("t2i", "und"):  # and no image moves
+        for f in sorted((Path(plain["image_root"]) / sub).iterdir()):
+            assert f.read_bytes() == (Path(near["image_root"]) / sub / f.name).read_bytes()
+    assert Path(plain["llava_train"]).read_text() != Path(near["llava_train"]).read_text()
