@@ -4,6 +4,9 @@
   benchmark prompts -- the best generation score any generator could get through this VAE.
 * ``colour_adherence``: fraction of "a <colour> <shape>" images whose dominant palette colour is the
   asked one (chance 0.25) -- does the model read its caption at all?
+* ``yesno_binding``: yes/no questions on fresh scenes, scored by kind of question: does the model bind a
+  colour to its shape, or answer "yes" as soon as the shape (or the colour) is somewhere in the image?
+  400 questions instead of the benchmark's 61, so runs can be told apart.
 
 CLI (writes ``OUT/probes.json`` and prints it)::
 
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["vae_ceiling", "colour_adherence", "dominant_colour", "main"]
+__all__ = ["vae_ceiling", "colour_adherence", "dominant_colour", "yesno_items", "yesno_binding", "main"]
 
 
 @torch.no_grad()
@@ -81,6 +84,46 @@ def colour_adherence(pipe: Any, *, seeds_per_prompt: int = 2, guidance_scale: fl
             "guidance_scale": guidance_scale}
 
 
+def yesno_items(n: int = 400, grid: int = 2, resolution: int = 64, holdout: str = "blue triangle",
+                seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` fresh scenes (random layouts, never the held-out composition), one yes/no question each,
+    drawn as the benchmark draws them. Each item: ``image``, ``question``, ``answer``, ``kind``:
+    ``yes``, ``no_unrelated`` (neither the colour nor the shape is in the image), ``no_shape_present``
+    (the shape is there in another colour), ``no_colour_present`` (the colour is there on another
+    shape), ``no_both_present`` (both are there, on different objects)."""
+    from datasets.shapes import _sample_scene, make_questions, parse_holdout, render_scene
+
+    holdouts = parse_holdout([h for h in holdout.split(",") if h])
+    items = []
+    for i in range(n):
+        rng = random.Random(f"probes/yesno/{seed}/{i}")
+        spec, objs = _sample_scene(rng, holdouts, 0.15, grid=grid)
+        q, a, _ = next(x for x in make_questions(spec, objs, rng, n=99) if x[2] == "yesno")
+        color, shape = q.removeprefix("Is there a ").rstrip("?").split()
+        has_c, has_s = any(o.color == color for o in objs), any(o.shape == shape for o in objs)
+        kind = "yes" if a == "yes" else {(False, False): "no_unrelated", (False, True): "no_shape_present",
+                                         (True, False): "no_colour_present", (True, True): "no_both_present"}[has_c, has_s]
+        items.append({"image": render_scene(objs, resolution), "question": q, "answer": a, "kind": kind})
+    return items
+
+
+def yesno_binding(pipe: Any, items: Sequence[dict[str, Any]], batch_size: int = 32) -> dict[str, Any]:
+    """Greedy answers to :func:`yesno_items`; accuracy overall and per kind (with counts).
+
+    ``pipe`` needs ``understand(images, questions, max_new_tokens=, temperature=, batch_size=)``.
+    """
+    from evaluation.shapes_bench import normalize_answer
+
+    answers = pipe.understand([it["image"] for it in items], [it["question"] for it in items],
+                              max_new_tokens=4, temperature=0.0, batch_size=batch_size)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for it, ans in zip(items, answers):
+        ok = normalize_answer(ans) == it["answer"]
+        hits[it["kind"]].append(ok)
+        hits["overall"].append(ok)
+    return {k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(hits.items())}
+
+
 USAGE = """python -m demo.probes run=DEMO_OUT [model=DIR] [out=DIR] [guidance=1.0,3.0] [threads=2]
 run: a demo output folder (its vae/ and tokenizer/ are used; model defaults to run/stage2/export)."""
 
@@ -103,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                           device="cpu", dtype=torch.float32, resolution=int(world["resolution"]))
     res["colour_adherence"] = [colour_adherence(pipe, guidance_scale=float(g))
                                for g in str(args.get("guidance", "1.0,3.0")).split(",")]
+    res["yesno_binding"] = yesno_binding(pipe, yesno_items(grid=int(world.get("grid", 0)),
+                                                           resolution=int(world["resolution"]),
+                                                           holdout=",".join(world.get("holdout", []))))
     out.mkdir(parents=True, exist_ok=True)
     (out / "probes.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))

@@ -195,3 +195,37 @@ def test_colour_adherence_scores_the_dominant_colour():
     assert colour_adherence(_PaintPipe(lambda c: c))["accuracy"] == 1.0
     assert colour_adherence(_PaintPipe(lambda c: "red"))["accuracy"] == 0.25  # one colour in four
     assert dominant_colour(np.full((8, 8, 3), 255, np.uint8)) is None
+
+
+class _LookPipe:
+    """Answers yes/no questions from what the benchmark's detector sees; ``bind`` = colour and shape on
+    one object, otherwise the shape alone (the failure the probe is for)."""
+
+    def __init__(self, bind: bool):
+        self.bind = bind
+
+    def understand(self, images, questions, **kw):
+        from evaluation.shapes_bench import detect_objects
+
+        out = []
+        for img, q in zip(images, questions):
+            color, shape = q.removeprefix("Is there a ").rstrip("?").split()
+            dets = detect_objects(img)
+            hit = any(d.shape == shape and (d.color == color or not self.bind) for d in dets)
+            out.append("Yes." if hit else "no")
+        return out
+
+
+def test_yesno_binding_tells_binding_from_shape_only_answers():
+    from demo.probes import yesno_binding, yesno_items
+
+    items = yesno_items(n=120, grid=2)
+    kinds = {it["kind"] for it in items}
+    assert kinds >= {"yes", "no_unrelated", "no_shape_present", "no_colour_present"}
+    assert not any(it["question"] == "Is there a blue triangle?" and it["answer"] == "yes" for it in items)
+    good = yesno_binding(_LookPipe(bind=True), items)
+    assert good["overall"]["accuracy"] == 1.0 and good["overall"]["n"] == 120
+    shape_only = yesno_binding(_LookPipe(bind=False), items)
+    assert shape_only["yes"]["accuracy"] == 1.0 and shape_only["no_unrelated"]["accuracy"] == 1.0
+    assert shape_only["no_colour_present"]["accuracy"] == 1.0
+    assert shape_only["no_shape_present"]["accuracy"] == 0.0
