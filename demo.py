@@ -121,7 +121,8 @@ def _subprocess_env(cfg: DictConfig) -> dict[str, str]:
 # steps
 # ------------------------------------------------------------------------------------------------
 def step_world(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """Write the shapes world, plus a copy of the image-text jsonl with paths relative to images/.
+    """Write the shapes world, plus copies of the image-text jsonl (``t2i_rel``) and of the captions of the
+    conversations' own images (``und_rel``, stage 1's captioning rows) with paths relative to images/.
 
     Relative keys let one latent cache serve both the image-text pairs and the instruction json
     (whose images are already relative to images/), and keep demo_out/ relocatable.
@@ -132,14 +133,21 @@ def step_world(cfg: DictConfig, out: Path) -> dict[str, Any]:
     data = out / "data"
     paths = write_shapes_world(data, n_train=int(w.n_train), n_eval=int(w.n_eval), n_videos=0, n_stories=0,
                                resolution=int(cfg.resolution), questions_per_image=int(w.questions_per_image),
+                               yesno_near_miss=float(w.get("yesno_near_miss", 0.0)),
                                p_no_color=float(w.p_no_color), holdout=[s for s in str(w.holdout).split(",") if s],
                                seed=int(cfg.seed), video_format="frames", grid=int(w.grid),
                                layout=str(w.get("layout", "random")),
                                kind_weights=to_plain(w.kind_weights) if w.get("kind_weights") else None)
     img_root = Path(paths["image_root"])
-    rows = [json.loads(line) for line in Path(paths["image_text"]).read_text().splitlines() if line.strip()]
-    rel = [{"path": str(Path(r["path"]).relative_to(img_root)), "prompt": r["prompt"]} for r in rows]
-    (data / "t2i_rel.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rel))
+
+    def relative(jsonl: str, name: str) -> list[dict[str, str]]:
+        rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+        rel = [{"path": str(Path(r["path"]).relative_to(img_root)), "prompt": r["prompt"]} for r in rows]
+        (data / name).write_text("".join(json.dumps(r) + "\n" for r in rel))
+        return rel
+
+    rel = relative(paths["image_text"], "t2i_rel.jsonl")
+    relative(paths["und_text"], "und_rel.jsonl")  # what stage 1's captioning rows read
     llava = json.loads(Path(paths["llava_train"]).read_text())
     # every training image once (the conversations may have images of their own): what the latent cache encodes
     images = dict.fromkeys([r["path"] for r in rel] + [e["image"] for e in llava])

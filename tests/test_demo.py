@@ -42,6 +42,8 @@ def test_demo_fast_end_to_end(tmp_path: Path) -> None:
     for step in ("world", "tokenizer", "vae", "latents", "stage1", "stage2", "eval"):
         assert (out / ".steps" / f"{step}.json").is_file(), step
     assert (out / "data" / "t2i_rel.jsonl").is_file()
+    und = [json.loads(x) for x in (out / "data" / "und_rel.jsonl").read_text().splitlines()]
+    assert und and all(r["path"].startswith("und/") and (out / "data" / "images" / r["path"]).is_file() for r in und)
     assert (out / "vae" / "config.json").is_file() and (out / "vae" / "recon.png").is_file()
     assert (out / "latents" / "meta.json").is_file()
     # canonical layout (the default): the conversations have images of their own, and the cache holds both sets
