@@ -208,16 +208,20 @@ def svg_line_plot(
 # ----------------------------------------------------------------------------------------------
 # tables
 # ----------------------------------------------------------------------------------------------
-def _score_rows(scores: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """Flatten ``{task: {category: value}}`` into (task, category, value text) rows."""
-    rows: list[tuple[str, str, str]] = []
+def _score_rows(scores: Mapping[str, Any]) -> list[tuple[str, str, str, float | None]]:
+    """Flatten ``{task: {category: value}}`` into (task, category, value text, value) rows; the value is
+    None for non-numbers. Targets are compared with the value, never with its 3-decimal text (0.9498 is
+    printed 0.950 and still misses a 0.95 target)."""
+    rows: list[tuple[str, str, str, float | None]] = []
     for task, cats in scores.items():
-        if isinstance(cats, Mapping):
-            for cat, v in cats.items():
-                rows.append((str(task), str(cat), f"{v:.3f}" if _is_number(v) else str(v)))
-        else:
-            rows.append((str(task), "", f"{cats:.3f}" if _is_number(cats) else str(cats)))
+        for cat, v in (cats.items() if isinstance(cats, Mapping) else [("", cats)]):
+            num = _is_number(v)
+            rows.append((str(task), str(cat), f"{v:.3f}" if num else str(v), float(v) if num else None))
     return rows
+
+
+def _target_met(value: float | None, target: float | None) -> bool | None:
+    return None if value is None or target is None else value >= target
 
 
 def score_table_text(scores: Mapping[str, Any], targets: Mapping[str, float] | None = None) -> str:
@@ -227,12 +231,12 @@ def score_table_text(scores: Mapping[str, Any], targets: Mapping[str, float] | N
         return "(no scores)"
     w0 = max(4, *(len(r[0]) for r in rows))
     w1 = max(8, *(len(r[1]) for r in rows))
-    lines = [f"| {'task':<{w0}} | {'category':<{w1}} | score | target  |",
-             f"|{'-' * (w0 + 2)}|{'-' * (w1 + 2)}|-------|---------|"]
-    for task, cat, v in rows:
+    lines = [f"| {'task':<{w0}} | {'category':<{w1}} | score | target  | met |",
+             f"|{'-' * (w0 + 2)}|{'-' * (w1 + 2)}|-------|---------|-----|"]
+    for task, cat, v, raw in rows:
         tgt = (targets or {}).get(task)
         tgt_s = f">= {tgt:.2f}" if tgt is not None else ""
-        lines.append(f"| {task:<{w0}} | {cat:<{w1}} | {v:>5} | {tgt_s:<7} |")
+        lines.append(f"| {task:<{w0}} | {cat:<{w1}} | {v:>5} | {tgt_s:<7} | {_md_mark(_target_met(raw, tgt)):<3} |")
     return "\n".join(lines)
 
 
@@ -297,15 +301,9 @@ def write_report(data: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Pa
     rows = _score_rows(scores)
     if rows:
         h.append("<table><tr><th>task</th><th>category</th><th>score</th><th>target</th></tr>")
-        for task, cat, v in rows:
+        for task, cat, v, raw in rows:
             tgt = targets.get(task)
-            ok = ""
-            if tgt is not None:
-                try:
-                    ok = _mark(float(v) >= tgt)
-                except ValueError:
-                    ok = ""
-            tgt_s = f"&ge; {tgt:.2f} {ok}" if tgt is not None else ""
+            tgt_s = f"&ge; {tgt:.2f} {_mark(_target_met(raw, tgt))}" if tgt is not None else ""
             h.append(f"<tr><td>{esc(task)}</td><td>{esc(cat)}</td><td>{v}</td><td>{tgt_s}</td></tr>")
         h.append("</table>")
         md += [score_table_text(scores, targets), ""]

@@ -111,6 +111,19 @@ def test_report_writer(tmp_path: Path):
     assert "0.500" in table and ">= 0.90" in table
 
 
+def test_targets_are_judged_on_the_value_not_its_rounded_text(tmp_path: Path):
+    """0.9498 prints as 0.950 but misses a 0.95 target (the default demo run scored exactly that)."""
+    scores = {"understanding": {"overall": 0.9498}, "generation": {"overall": 0.925}}
+    rows = {r.split("|")[1].strip(): r for r in score_table_text(scores, {"understanding": 0.95, "generation": 0.9})
+            .splitlines()[2:]}
+    assert "0.950" in rows["understanding"] and rows["understanding"].rstrip(" |").endswith("no")
+    assert rows["generation"].rstrip(" |").endswith("yes")
+    html, _ = write_report({"scores": {"understanding": {"overall": 0.9498}}, "targets": {"understanding": 0.95}},
+                           tmp_path / "r")
+    cell = html.read_text().split("0.950</td><td>")[1].split("</td>")[0]
+    assert "bad" in cell and "ok" not in cell
+
+
 def _demo_script():
     import importlib.util
 
