@@ -374,11 +374,16 @@ def _grid_cells(spec: SceneSpec, rng: random.Random, grid: int, layout: str = "r
     return [(line, first), (line, second)]
 
 
+def _pair_held_out(color: str, shape: str, holdouts: Sequence[Holdout]) -> bool:
+    """Whether one ``color`` ``shape`` object is a held-out composition (as a one-object scene)."""
+    return bool(holdouts) and is_held_out(SceneSpec("single", (ObjSpec(shape, color),)), None, holdouts)
+
+
 def _default_color(shape: str, holdouts: Sequence[Holdout]) -> str:
     """Colour of an object its caption leaves uncoloured, in the canonical layout: the first palette colour
     not held out for that shape."""
     for c in COLORS:
-        if not is_held_out(SceneSpec("single", (ObjSpec(shape, c),)), None, holdouts):
+        if not _pair_held_out(c, shape, holdouts):
             return c
     raise ValueError(f"every colour of a {shape} is held out")
 
@@ -514,7 +519,7 @@ def make_questions(spec: SceneSpec, objs: Sequence[Placed], rng: random.Random, 
         qs.append((f"Is there a {present.color} {present.shape}?", "yes", "yesno"))
     else:
         absent = [(c, s) for c in COLORS for s in SHAPES if not any(o.color == c and o.shape == s for o in objs)
-                  and not (holdouts and is_held_out(SceneSpec("single", (ObjSpec(s, c),)), None, holdouts))]
+                  and not _pair_held_out(c, s, holdouts)]
         if near_miss and rng.random() < near_miss:
             absent = [(c, s) for c, s in absent if c in colors or s in shapes] or absent
         c, s = rng.choice(absent)
@@ -616,7 +621,8 @@ def write_shapes_world(
 ) -> dict[str, str]:
     """Write the whole world under ``out_dir`` and return the paths of what was written.
 
-    Keys: ``root``, ``image_text`` (jsonl), ``image_root``, ``llava_train``, ``llava_eval``,
+    Keys: ``root``, ``image_text`` (jsonl), ``und_text`` (jsonl: captions of the conversations' own
+    images; ``image_text`` again when they have none), ``image_root``, ``llava_train``, ``llava_eval``,
     ``video_text`` (jsonl), ``video_qa_train``, ``video_qa_eval``, ``vist``, ``heldout_prompts``
     (txt, captions naming held-out compositions), ``manifest``. ``video_format``: auto (mp4 if
     ``utils.media.write_video`` exists, else frame folders) | frames. ``grid``: 0 places the images'

@@ -97,7 +97,7 @@ def yesno_items(n: int = 400, grid: int = 2, resolution: int = 64, holdout: str 
     items = []
     for i in range(n):
         rng = random.Random(f"probes/yesno/{seed}/{i}")
-        spec, objs = _sample_scene(rng, holdouts, 0.15, grid=grid)
+        spec, objs = _sample_scene(rng, holdouts, 0.0, grid=grid)
         q, a, _ = next(x for x in make_questions(spec, objs, rng, n=99) if x[2] == "yesno")
         color, shape = q.removeprefix("Is there a ").rstrip("?").split()
         has_c, has_s = any(o.color == color for o in objs), any(o.shape == shape for o in objs)
