@@ -186,7 +186,8 @@ def step_tokenizer(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
 
 def step_vae(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    from demo.vae_train import load_images, recon_grid, train_vae
+    from demo.probes import vae_ceiling
+    from demo.vae_train import load_images, recon_grid, train_until, train_vae
     from models.vae import WanVAE
 
     data = out / "data"
@@ -195,15 +196,26 @@ def step_vae(cfg: DictConfig, out: Path) -> dict[str, Any]:
     rows = [json.loads(line) for line in (data / "images_rel.jsonl").read_text().splitlines() if line]
     images = load_images([data / "images" / r["path"] for r in rows], int(cfg.resolution))
     v = cfg.vae
-    summary = train_vae(images, out / "vae", config=to_plain(v.config), steps=int(v.steps),
-                        batch_size=int(v.batch_size), lr=float(v.lr), warmup=int(v.warmup),
-                        kl_weight=float(v.kl_weight), fg_weight=float(v.fg_weight),
-                        crop=None if v.crop in (None, "null") else int(v.crop), seed=int(cfg.seed))
+
+    def train(seed: int) -> dict[str, Any]:
+        return train_vae(images, out / "vae", config=to_plain(v.config), steps=int(v.steps),
+                         batch_size=int(v.batch_size), lr=float(v.lr), warmup=int(v.warmup),
+                         kl_weight=float(v.kl_weight), fg_weight=float(v.fg_weight),
+                         crop=None if v.crop in (None, "null") else int(v.crop), seed=seed)
+
+    def ceiling() -> float:
+        score = vae_ceiling(WanVAE.load(out / "vae"), resolution=int(cfg.resolution), grid=int(cfg.world.grid))
+        print(f"    VAE ceiling (benchmark checker on its round trips): {score['overall']:.3f}"
+              f" (gate {float(v.get('min_ceiling', 0.0))})")
+        return score["overall"]
+
+    summary = train_until(train, ceiling, seed=int(cfg.seed), min_quality=float(v.get("min_ceiling", 0.0)),
+                          retries=int(v.get("retries", 0)))
     vae = WanVAE.load(out / "vae")  # exactly how every later step sees it
     stats = recon_grid(vae, images[:: max(1, len(images) // 8)][:8], out / "vae" / "recon.png", n=8)
     print(f"    {summary['params'] / 1e6:.2f} M parameters, {summary['steps']} steps; round trip mean |error| "
           f"{stats['mean_abs_err_255']:.1f}/255, normalised latent std {stats['latent_std']:.2f}")
-    return {"params": summary["params"], **stats}
+    return {"params": summary["params"], "attempts": summary["attempts"], **stats}
 
 
 def step_latents(cfg: DictConfig, out: Path) -> dict[str, Any]:
