@@ -196,21 +196,21 @@ def step_vae(cfg: DictConfig, out: Path) -> dict[str, Any]:
     rows = [json.loads(line) for line in (data / "images_rel.jsonl").read_text().splitlines() if line]
     images = load_images([data / "images" / r["path"] for r in rows], int(cfg.resolution))
     v = cfg.vae
+    gate = float(v.get("min_ceiling", 0.0))
 
-    def train(seed: int) -> dict[str, Any]:
-        return train_vae(images, out / "vae", config=to_plain(v.config), steps=int(v.steps),
+    def train(seed: int, steps: int) -> dict[str, Any]:
+        return train_vae(images, out / "vae", config=to_plain(v.config), steps=steps,
                          batch_size=int(v.batch_size), lr=float(v.lr), warmup=int(v.warmup),
                          kl_weight=float(v.kl_weight), fg_weight=float(v.fg_weight),
                          crop=None if v.crop in (None, "null") else int(v.crop), seed=seed)
 
     def ceiling() -> float:
         score = vae_ceiling(WanVAE.load(out / "vae"), resolution=int(cfg.resolution), grid=int(cfg.world.grid))
-        print(f"    VAE ceiling (benchmark checker on its round trips): {score['overall']:.3f}"
-              f" (gate {float(v.get('min_ceiling', 0.0))})")
+        print(f"    VAE ceiling (benchmark checker on its round trips): {score['overall']:.3f} (gate {gate})")
         return score["overall"]
 
-    summary = train_until(train, ceiling, seed=int(cfg.seed), min_quality=float(v.get("min_ceiling", 0.0)),
-                          retries=int(v.get("retries", 0)))
+    summary = train_until(train, ceiling, seed=int(cfg.seed), steps=int(v.steps), min_quality=gate,
+                          retries=int(v.get("retries", 0)), retry_steps=int(v.get("retry_steps", v.steps)))
     vae = WanVAE.load(out / "vae")  # exactly how every later step sees it
     stats = recon_grid(vae, images[:: max(1, len(images) // 8)][:8], out / "vae" / "recon.png", n=8)
     print(f"    {summary['params'] / 1e6:.2f} M parameters, {summary['steps']} steps; round trip mean |error| "

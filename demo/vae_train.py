@@ -183,19 +183,21 @@ def fold_latent_standardisation(vae: Any, images: torch.Tensor, batch_size: int 
     return {"channel_mean_before": c.tolist(), "channel_std_before": d.tolist()}
 
 
-def train_until(train: Callable[[int], dict[str, Any]], quality: Callable[[], float], *, seed: int,
-                min_quality: float, retries: int) -> dict[str, Any]:
-    """``train(seed)``, then ``quality()`` of what it saved; below ``min_quality``, train again from scratch
-    with seed ``seed + 1000 k`` (k = 1..``retries``). Returns the last summary with ``attempts``:
-    [{seed, quality}]. A first attempt that passes is exactly ``train(seed)``.
+def train_until(train: Callable[[int, int], dict[str, Any]], quality: Callable[[], float], *, seed: int, steps: int,
+                min_quality: float, retries: int, retry_steps: int | None = None) -> dict[str, Any]:
+    """``train(seed, steps)``, then ``quality()`` of what it saved; below ``min_quality``, train again from
+    scratch with seed ``seed + 1000 k`` and ``retry_steps`` steps (k = 1..``retries``). Returns the last
+    summary with ``attempts``: [{seed, steps, quality}]. A first attempt that passes is exactly
+    ``train(seed, steps)``.
 
-    Why from scratch: a VAE that stops with one colour half learnt (green decoded as teal) stayed there
-    for 150 more steps at its final rate; another seed learns it.
+    Why from scratch and longer: a VAE that stopped with one colour half learnt (green decoded as teal)
+    stayed there for 150 more steps at its final rate, and another seed at the same length failed too.
     """
     attempts = []
     for k in range(retries + 1):
-        summary = train(seed + 1000 * k)
-        attempts.append({"seed": seed + 1000 * k, "quality": float(quality())})
+        s, n = seed + 1000 * k, steps if k == 0 else (retry_steps or steps)
+        summary = train(s, n)
+        attempts.append({"seed": s, "steps": n, "quality": float(quality())})
         if attempts[-1]["quality"] >= min_quality:
             break
     return {**summary, "attempts": attempts}

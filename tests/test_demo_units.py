@@ -43,21 +43,22 @@ def test_fold_latent_standardisation_is_exact(tmp_path: Path):
     torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(16), atol=1e-3, rtol=0)
 
 
-def test_vae_gate_retrains_with_the_next_seed_only_below_the_gate():
+def test_vae_gate_retrains_longer_with_the_next_seed_only_below_the_gate():
     from demo.vae_train import train_until
 
     def run(scores, retries):
-        seeds, it = [], iter(scores)
-        out = train_until(lambda s: seeds.append(s) or {"steps": 600, "seed": s}, lambda: next(it), seed=7,
-                          min_quality=0.95, retries=retries)
-        return seeds, out
+        calls, it = [], iter(scores)
+        out = train_until(lambda s, n: calls.append((s, n)) or {"seed": s}, lambda: next(it), seed=7, steps=600,
+                          min_quality=0.95, retries=retries, retry_steps=900)
+        return calls, out
 
-    seeds, out = run([1.0], retries=1)  # passes: trained once, exactly as without a gate
-    assert seeds == [7] and out["attempts"] == [{"seed": 7, "quality": 1.0}] and out["steps"] == 600
-    seeds, out = run([0.83, 0.99], retries=1)
-    assert seeds == [7, 1007] and out["seed"] == 1007 and [a["quality"] for a in out["attempts"]] == [0.83, 0.99]
-    seeds, out = run([0.5, 0.6, 0.7], retries=1)  # gives up after the retries, keeps the last VAE
-    assert seeds == [7, 1007] and len(out["attempts"]) == 2
+    calls, out = run([1.0], retries=1)  # passes: trained once, exactly as without a gate
+    assert calls == [(7, 600)] and out["attempts"] == [{"seed": 7, "steps": 600, "quality": 1.0}]
+    calls, out = run([0.83, 0.99], retries=1)
+    assert calls == [(7, 600), (1007, 900)] and out["seed"] == 1007
+    assert [a["quality"] for a in out["attempts"]] == [0.83, 0.99]
+    calls, out = run([0.5, 0.6, 0.7], retries=1)  # gives up after the retries, keeps the last VAE
+    assert calls == [(7, 600), (1007, 900)] and len(out["attempts"]) == 2
 
 
 def test_step_runner_skip_redo_and_fingerprint(tmp_path: Path, capsys):
