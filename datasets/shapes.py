@@ -44,7 +44,7 @@ __all__ = [
     "PALETTE", "BACKGROUND", "SHAPES", "COLORS", "RELATIONS", "DIRECTIONS", "NUMBER_WORDS", "DEFAULT_HOLDOUT",
     "ObjSpec", "SceneSpec", "Placed", "Holdout",
     "parse_caption", "parse_holdout", "sample_spec", "layout_scene", "render_scene", "render_video",
-    "make_questions", "write_shapes_world", "main",
+    "make_questions", "yesno_question", "parse_yesno_question", "write_shapes_world", "main",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -493,6 +493,17 @@ def render_video(track: Sequence[Placed], resolution: int = 64) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------
 # Understanding questions with one-word answers.
+def yesno_question(color: str, shape: str) -> str:
+    """The yes/no question about one colour-shape pair (its one template; see :func:`parse_yesno_question`)."""
+    return f"Is there a {color} {shape}?"
+
+
+def parse_yesno_question(question: str) -> tuple[str, str]:
+    """(colour, shape) that :func:`yesno_question` asked about."""
+    color, shape = question.removeprefix("Is there a ").rstrip("?").split()
+    return color, shape
+
+
 def make_questions(spec: SceneSpec, objs: Sequence[Placed], rng: random.Random, n: int = 2,
                    near_miss: float = 0.0, holdouts: Sequence[Holdout] = ()) -> list[tuple[str, str, str]]:
     """Up to ``n`` distinct (question, answer, category) triples about a scene; answers are one word.
@@ -516,14 +527,14 @@ def make_questions(spec: SceneSpec, objs: Sequence[Placed], rng: random.Random, 
     # yes/no: balanced between a present and an absent colour-shape combination
     present = rng.choice(objs)
     if rng.random() < 0.5:
-        qs.append((f"Is there a {present.color} {present.shape}?", "yes", "yesno"))
+        qs.append((yesno_question(present.color, present.shape), "yes", "yesno"))
     else:
         absent = [(c, s) for c in COLORS for s in SHAPES if not any(o.color == c and o.shape == s for o in objs)
                   and not _pair_held_out(c, s, holdouts)]
         if near_miss and rng.random() < near_miss:
             absent = [(c, s) for c, s in absent if c in colors or s in shapes] or absent
         c, s = rng.choice(absent)
-        qs.append((f"Is there a {c} {s}?", "no", "yesno"))
+        qs.append((yesno_question(c, s), "no", "yesno"))
     if num == 2 and spec.kind in ("relation", "pair"):
         a, b = objs
         horizontal = abs(a.cx - b.cx) >= abs(a.cy - b.cy)

@@ -91,7 +91,7 @@ def yesno_items(n: int = 400, grid: int = 2, resolution: int = 64, holdout: str 
     ``yes``, ``no_unrelated`` (neither the colour nor the shape is in the image), ``no_shape_present``
     (the shape is there in another colour), ``no_colour_present`` (the colour is there on another
     shape), ``no_both_present`` (both are there, on different objects)."""
-    from datasets.shapes import _sample_scene, make_questions, parse_holdout, render_scene
+    from datasets.shapes import _sample_scene, make_questions, parse_holdout, parse_yesno_question, render_scene
 
     holdouts = parse_holdout([h for h in holdout.split(",") if h])
     items = []
@@ -99,7 +99,7 @@ def yesno_items(n: int = 400, grid: int = 2, resolution: int = 64, holdout: str 
         rng = random.Random(f"probes/yesno/{seed}/{i}")
         spec, objs = _sample_scene(rng, holdouts, 0.0, grid=grid)
         q, a, _ = next(x for x in make_questions(spec, objs, rng, n=99) if x[2] == "yesno")
-        color, shape = q.removeprefix("Is there a ").rstrip("?").split()
+        color, shape = parse_yesno_question(q)
         has_c, has_s = any(o.color == color for o in objs), any(o.shape == shape for o in objs)
         kind = "yes" if a == "yes" else {(False, False): "no_unrelated", (False, True): "no_shape_present",
                                          (True, False): "no_colour_present", (True, True): "no_both_present"}[has_c, has_s]

@@ -236,11 +236,12 @@ class _LookPipe:
         self.bind = bind
 
     def understand(self, images, questions, **kw):
+        from datasets.shapes import parse_yesno_question
         from evaluation.shapes_bench import detect_objects
 
         out = []
         for img, q in zip(images, questions):
-            color, shape = q.removeprefix("Is there a ").rstrip("?").split()
+            color, shape = parse_yesno_question(q)
             dets = detect_objects(img)
             hit = any(d.shape == shape and (d.color == color or not self.bind) for d in dets)
             out.append("Yes." if hit else "no")

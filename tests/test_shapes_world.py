@@ -335,7 +335,7 @@ def test_yesno_near_misses_share_a_colour_or_shape() -> None:
         for i in range(400):
             for q, a, cat in shapes.make_questions(spec, objs, random.Random(i), n=9, near_miss=near_miss):
                 if cat == "yesno" and a == "no":
-                    c, s = q.removeprefix("Is there a ").rstrip("?").split()
+                    c, s = shapes.parse_yesno_question(q)
                     out.add((c, s))
         return out
 
